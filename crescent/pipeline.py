@@ -1,0 +1,57 @@
+"""Runs the selected stages for one Hydra job and records status.json."""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from crescent.config import validate
+from crescent.utils.io import write_json
+from crescent.utils.summary import print_summary
+from crescent.utils.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def _generate(cfg: DictConfig) -> dict:
+    from crescent.synth.generate import run
+
+    return run(cfg)
+
+
+STAGE_FUNCS: dict[str, Callable[[DictConfig], dict]] = {"generate": _generate}
+
+
+def run(cfg: DictConfig) -> dict:
+    """Validate, then run cfg.stages in order. Returns {stage: result}. Raises on failure after
+    writing status.json = failed with the traceback."""
+    validate(cfg)  # before anything heavy is imported or loaded
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"status": "running", "stages": list(cfg.stages), "done": [], "started": time.time()}
+    write_json(run_dir / "status.json", status)
+    if cfg.get("print_config", False):
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    tracker = Tracker(cfg, run_dir)
+    results: dict[str, dict] = {}
+    try:
+        for stage in cfg.stages:
+            t0 = time.perf_counter()
+            results[stage] = STAGE_FUNCS[stage](cfg)
+            tracker.log({stage: results[stage].get("counts", {}), f"{stage}_wall_s": time.perf_counter() - t0})
+            status["done"].append(stage)
+            write_json(run_dir / "status.json", status)
+    except BaseException as e:
+        status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        write_json(run_dir / "status.json", status)
+        tracker.finish(ok=False)
+        raise
+    status.update(status="ok", finished=time.time())
+    write_json(run_dir / "status.json", status)
+    tracker.finish(ok=True)
+    print_summary(cfg, results, run_dir)
+    return results

@@ -1,0 +1,33 @@
+"""The one-screen summary printed at the end of a run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
+    console = Console(stderr=False)
+    gen = results.get("generate")
+    if gen:
+        c = gen["counts"]
+        t = Table(title=f"crescent generate: {cfg.teacher.name} ({'cache hit' if gen.get('cache_hit') else 'generated'})")
+        t.add_column("step")
+        t.add_column("count", justify="right")
+        t.add_row("bait calls / raw samples", f"{c['bait_calls']} / {c['raw']}")
+        for reason, n in c["rejected"].items():
+            t.add_row(f"  rejected {reason}", str(n))
+        t.add_row("rewrites (rejection sampling)", str(c["rewrites"]))
+        t.add_row("accepted questions", str(c["accepted"]))
+        t.add_row(f"answers (k={cfg.voting.k}) / unparseable", f"{c.get('answers', 0)} / {c.get('unparseable_answers', 0)}")
+        for key in sorted(k for k in c if k.startswith("dropped_")):
+            t.add_row(f"  {key.replace('_', ' ')}", str(c[key]))
+        t.add_row("SFT rows kept", str(c["kept"]))
+        secs = gen.get("timings_s", {})
+        t.add_row("time questions / answers (s)", f"{secs.get('questions', 0)} / {secs.get('answers', 0)}")
+        console.print(t)
+    console.print(f"run dir: {run_dir}")
+    if gen:
+        console.print(f"  synth/sft.jsonl, synth/questions.jsonl, synth/manifest.json (cache: {gen['cache_dir']})")

@@ -1,0 +1,65 @@
+"""One experiment-tracker run per Hydra job: W&B (offline unless logged in), CSV, or nothing."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    """Nested dict -> {'a/b': number}; non-numbers are skipped."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def _wandb_mode(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    logged_in = os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").exists()
+    return "online" if logged_in else "offline"
+
+
+class Tracker:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.kind = cfg.logger.name
+        self.run_dir = Path(run_dir)
+        self._run = None
+        if self.kind == "wandb":
+            import wandb
+
+            lc = cfg.logger
+            self._run = wandb.init(
+                project=lc.project, entity=lc.entity, group=lc.group, job_type=lc.job_type or "pipeline",
+                tags=list(cfg.get("tags", [])), dir=str(self.run_dir), mode=_wandb_mode(lc.mode),
+                config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+            )
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        flat = flatten(metrics)
+        if self.kind == "wandb" and self._run is not None:
+            self._run.log(flat)
+            self._run.summary.update(flat)
+        elif self.kind == "csv":
+            path = self.run_dir / "metrics.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["key", "value"])
+                w.writerows(sorted(flat.items()))
+
+    def finish(self, ok: bool = True) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=0 if ok else 1)
+            self._run = None

@@ -1,0 +1,30 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_cfg(overrides=(), tmp_path=None):
+    """The composed config as the CLI would build it, with outputs under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        extra = []
+        if tmp_path is not None:
+            extra = [f"paths.output_dir={tmp_path}/run", f"paths.synth_cache={tmp_path}/synth_cache"]
+        return compose(config_name="config", overrides=[*overrides, *extra, "print_config=false"])
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    return lambda *overrides: compose_cfg(overrides, tmp_path)
