@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Nothing is downloaded at run time unless the user says so (export HF_HUB_OFFLINE=0).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,7 +15,11 @@ from omegaconf import DictConfig  # noqa: E402
 from crescent.config import ConfigError  # noqa: E402
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# Absolute, so `crescent`, `python -m crescent` and any cwd find the same config tree.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from crescent.pipeline import run
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 
 STAGES = ("generate",)
 BACKENDS = ("hf", "vllm")
@@ -15,7 +15,6 @@ DEDUP = ("embedding", "none")
 DEDUP_INDEX = ("exact", "faiss", "hnsw", "auto")
 VOTING = ("majority", "single")
 TIE_POLICIES = ("first", "random", "drop")
-QUESTIONS = ("bait",)
 LOGGERS = ("none", "csv", "wandb")
 DTYPES = (None, "float32", "bfloat16", "float16", "auto")
 
@@ -87,7 +86,6 @@ RULES: dict[str, Rule] = {
     **_model_rules("student"),
     "backend.name": one_of(BACKENDS),
     "backend.dtype": one_of(DTYPES),
-    "questions.name": one_of(QUESTIONS),
     "questions.prompt": nonempty_str(),
     "questions.answer_prompt": Rule("a string containing {question}", lambda x: isinstance(x, str) and "{question}" in x),
     "questions.calls_per_round": int_at_least(1),
@@ -128,7 +126,7 @@ def _get(cfg: DictConfig, key: str) -> Any:
         if not isinstance(node, DictConfig) or part not in node:
             return _MISSING
         node = node[part]
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
 
 
 def validate(cfg: DictConfig) -> None:
