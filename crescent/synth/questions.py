@@ -76,11 +76,18 @@ def run_round(cfg: DictConfig, backend: Backend, embed, index, round_idx: int, n
                                   clean=clean)
         record["accepted"] = [{"id": a.id, "text": a.text, "origin_id": a.origin_id, "attempt": a.attempt}
                               for a in out.accepted]
-        record["rejections"] += [{**vars(r), "stage": "dedup"} for r in out.rejections]
+        record["rejections"] += [_rejection_row(r) for r in out.rejections]
         record["rewrites"] = out.rewrites
         embeddings = out.embeddings
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return record, embeddings
+
+
+def _rejection_row(r) -> dict:
+    row = {**vars(r), "stage": "dedup"}
+    if row.get("similarity") is not None and math.isnan(row["similarity"]):
+        row["similarity"] = None  # a rewrite that failed cleaning has no similarity; keep the JSON strict
+    return row
 
 
 def _round_paths(workdir: Path, i: int) -> tuple[Path, Path]:
