@@ -59,6 +59,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, path)
 
 
@@ -94,6 +95,7 @@ def build_once(out_dir: str | Path, build: Callable[[Path], None], what: str) ->
         if out_dir.is_dir():  # another process built it while we waited
             return out_dir
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         log.info("building %s (once) ...", what)
         try:
             start = time.perf_counter()
