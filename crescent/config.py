@@ -16,7 +16,7 @@ DEDUP_INDEX = ("exact", "faiss", "hnsw", "auto")
 VOTING = ("majority", "single")
 TIE_POLICIES = ("first", "random", "drop")
 LOGGERS = ("none", "csv", "wandb")
-DTYPES = (None, "float32", "bfloat16", "float16", "auto")
+DTYPES = (None, "float32", "bfloat16", "float16", "auto", "bf16_if_fast")
 
 
 class ConfigError(ValueError):

@@ -88,12 +88,19 @@ def test_invalid_sampling_params_are_rejected(tiny):
 
 def test_backend_config_fields():
     assert dict(OmegaConf.load(CONF / "backend" / "hf.yaml")) == dict(
-        name="hf", batch_size=32, dtype=None, device="cpu", sort_by_length=True
+        name="hf", batch_size=32, dtype="bf16_if_fast", device="cpu", sort_by_length=True
     )
     assert dict(OmegaConf.load(CONF / "backend" / "vllm.yaml")) == dict(
         name="vllm", tensor_parallel_size=1, gpu_memory_utilization=0.9, max_model_len=4096, dtype="auto",
         enforce_eager=False,
     )
+
+
+def test_bf16_if_fast_follows_the_hardware():
+    from crescent.models.loading import bf16_is_fast, torch_dtype
+
+    assert torch_dtype("bf16_if_fast") == (torch.bfloat16 if bf16_is_fast("cpu") else "auto")
+    assert torch_dtype("float32") == torch.float32
 
 
 def test_build_backend_rejects_unknown_name():

@@ -9,6 +9,17 @@ from crescent.synth.clean import REASONS, Cleaned, clean_question
 
 KEPT = [
     # (raw sample, expected clean question)
+    # intro clauses as SmolLM2-135M-Instruct writes them at temperature 0.7
+    ("A simple yet profound math problem: A bat and a ball together cost $1.10. The bat costs $1.00 more than "
+     "the ball. How much does the ball cost?",
+     "A bat and a ball together cost $1.10. The bat costs $1.00 more than the ball. How much does the ball cost?"),
+    ("A high school math word problem with a unique twist is: A bat and a ball cost $1.10 in total. How much is "
+     "the ball?", "A bat and a ball cost $1.10 in total. How much is the ball?"),
+    ("This is a great example of how creativity can come in unexpected places. Here's a creative math word "
+     "problem: Problem: A man walked 12 km each day for 3 days. How far did he walk?",
+     "A man walked 12 km each day for 3 days. How far did he walk?"),
+    ("Solve the following problem: if 2x + 3 = 11, what is x?",
+     "Solve the following problem: if 2x + 3 = 11, what is x?"),
     ("Sure! Here's a unique math word problem:\n\nA bakery sells cupcakes for $12.50 per box. "
      "If Maria buys 3/4 of a box, how much does she spend?",
      "A bakery sells cupcakes for $12.50 per box. If Maria buys 3/4 of a box, how much does she spend?"),

@@ -13,7 +13,7 @@ from crescent.models.tiny import build_tiny_llama, tiny_cache_key
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "tiny", "hub")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+DTYPES = ("float32", "bfloat16", "float16", "auto", "bf16_if_fast")
 
 
 class ModelNotAvailableError(OSError):
@@ -108,11 +108,26 @@ def load_tokenizer(model_cfg: Mapping[str, Any], cache_dir: str | Path | None = 
     return tokenizer
 
 
-def torch_dtype(name: str | None):
+def bf16_is_fast(device: str = "cpu") -> bool:
+    """bf16 matmuls run natively here: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and torch.backends.cpu.get_cpu_capability() in (
+            "AVX512", "AMX")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def torch_dtype(name: str | None, device: str = "cpu"):
     import torch
 
     if name is None or name == "auto":
         return "auto"
+    if name == "bf16_if_fast":  # detected at run time; else the model's own dtype
+        return torch.bfloat16 if bf16_is_fast(device) else "auto"
     if name not in DTYPES:
         raise ValueError(f"dtype={name!r}; allowed: {list(DTYPES)} or null")
     return getattr(torch, name)
@@ -128,7 +143,7 @@ def load_model(
     """Causal LM from safetensors, dtype from the argument or model.dtype, on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    dtype = torch_dtype(dtype or model_cfg.get("dtype"))
+    dtype = torch_dtype(dtype or model_cfg.get("dtype"), device)
     model_dir = model_dir or resolve_model_dir(model_cfg, cache_dir)
     model = _load(model_cfg, model_dir, AutoModelForCausalLM.from_pretrained, dtype=dtype, use_safetensors=True)
     return model.to(device).eval()

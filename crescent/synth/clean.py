@@ -3,7 +3,7 @@
 The maths is never touched: ``$12.50``, ``3/4``, ``-5``, ``2x + 3 = 11``, ``45%``, ``(3 + 4) × 2``,
 ``€`` and ``π`` survive unchanged (the authors' regex deleted ``$ % / + - = ( )`` and non-ASCII).
 Only chat wrapping is removed: preambles ("Sure! Here's a ... problem:", "**Problem:**", a title
-heading), markdown emphasis markers, wrapping quotes, special tokens, and -- once the text already
+heading, an intro clause such as "A simple yet profound math problem:"), markdown emphasis markers, wrapping quotes, special tokens, and -- once the text already
 asks something -- everything from a solution/answer section ("Solution:", "Answer:", "####",
 "Step 1:", "To solve this ...") or closing chatter ("Good luck!", "Hint: ...") onwards.
 Whitespace is collapsed to single spaces.
@@ -53,6 +53,13 @@ _PREAMBLES = [re.compile(p, re.I) for p in (
     r"^(?:\*\*|__)[^\n*_?]{1,80}(?<![.!?])(?:\*\*|__)[ \t]*\n",  # bold title line "**The Garden Puzzle**"
     r"^```[a-z]*[ \t]*\n",  # opening code fence
 )]
+# An intro clause that announces the problem and ends in a colon: "A simple yet profound math problem:",
+# "One creative math word problem:", "The problem with a twist is:". Never one that itself asks ("Solve ...:").
+_INTRO_CLAUSE = re.compile(
+    r"^(?![^\n:]*\b(?:find|calculate|determine|compute|solve|evaluate|simplify|how (?:many|much|long|far|old)|what is|which)\b)"
+    r"[^\n:?]{0,160}\b(?:problem|question|puzzle|challenge|riddle)s?\b[^\n:?]{0,40}[:：]",
+    re.I,
+)
 _TAIL_MARKERS = re.compile(
     r"####|" + _LINE_START + r"(?:"
     r"(?:\*\*|__)?(?:solution|answer|final answer|explanation|reasoning|step[ \t]*1|steps|hints?|notes? to solver)"
@@ -90,7 +97,7 @@ class Cleaned:
 def _strip_preamble(text: str) -> str:
     for _ in range(12):  # preambles stack: "Sure!" + "Here's one:" + "**Problem:**" + title
         text = text.lstrip()
-        for pattern in _PREAMBLES:
+        for pattern in (*_PREAMBLES, _INTRO_CLAUSE):
             m = pattern.match(text)
             if m and m.end() > 0:
                 text = text[m.end():].lstrip()

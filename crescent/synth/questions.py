@@ -62,7 +62,7 @@ def run_round(cfg: DictConfig, backend: Backend, embed, index, round_idx: int, n
     for r in raw:
         question, reason = clean(r["text"])
         if question is None:
-            rejected.append({"id": r["id"], "reason": reason, "stage": "clean"})
+            rejected.append({"id": r["id"], "text": r["text"], "reason": reason, "stage": "clean"})
         else:
             ids.append(r["id"])
             texts.append(question)
