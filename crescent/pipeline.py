@@ -17,13 +17,19 @@ from crescent.utils.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def _generate(cfg: DictConfig) -> dict:
+def _generate(cfg: DictConfig, tracker: Tracker) -> dict:
     from crescent.synth.generate import run
+    from crescent.utils.io import read_jsonl
 
-    return run(cfg)
+    manifest = run(cfg)
+    rows = list(read_jsonl(Path(cfg.paths.output_dir) / "synth" / "sft.jsonl"))[:200]
+    for r in rows:
+        r["response"] = r["messages"][-1]["content"]
+    tracker.log_table("synth/sft_samples", rows, ["id", "question", "response", "answer", "agreement"])
+    return manifest
 
 
-STAGE_FUNCS: dict[str, Callable[[DictConfig], dict]] = {"generate": _generate}
+STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -41,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         for stage in cfg.stages:
             t0 = time.perf_counter()
-            results[stage] = STAGE_FUNCS[stage](cfg)
+            results[stage] = STAGE_FUNCS[stage](cfg, tracker)
             tracker.log({stage: results[stage].get("counts", {}), f"{stage}_wall_s": time.perf_counter() - t0})
             status["done"].append(stage)
             write_json(run_dir / "status.json", status)

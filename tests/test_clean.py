@@ -18,6 +18,8 @@ KEPT = [
     ("This is a great example of how creativity can come in unexpected places. Here's a creative math word "
      "problem: Problem: A man walked 12 km each day for 3 days. How far did he walk?",
      "A man walked 12 km each day for 3 days. How far did he walk?"),
+    ("A farmer has 12 cows and each has 4 legs. Calculate the total number of legs.",
+     "A farmer has 12 cows and each has 4 legs. Calculate the total number of legs."),
     ("Solve the following problem: if 2x + 3 = 11, what is x?",
      "Solve the following problem: if 2x + 3 = 11, what is x?"),
     ("Sure! Here's a unique math word problem:\n\nA bakery sells cupcakes for $12.50 per box. "
@@ -103,6 +105,9 @@ REJECTED = [
     ("What is 5 + 3 for a class of young kids? = 8", "answer_leak"),
     ("#### 8\nA farmer has 5 cows and buys 3 more. How many cows does he have?", "answer_leak"),
     ("A farmer has 5 cows and buys 3 more cows at the market today.", "not_a_question"),
+    # a question word that opens no question (SmolLM2-135M at temperature 0.7)
+    ("What a story I can weave! A math word problem is a situation that has multiple layers.", "not_a_question"),
+    ("A word problem that shows how creative thinking and mathematics meet in everyday life.", "not_a_question"),
     ("Sure! Here's a unique math problem:\n\nThe school garden has 24 rows of tulips.", "not_a_question"),
 ]
 

@@ -19,8 +19,8 @@ Rejection reasons (`REASONS`), checked in this order:
   cut, not rejected, so this catches answers placed before or inside the question: ``####``,
   ``\\boxed``, "answer is 8" / "Answer: 8" (a number must follow), or text ending in ``? = 42`` /
   ``? 42`` after its last question mark.
-- ``not_a_question``: ``require_question`` and there is no ``?`` and no asking verb
-  (find, calculate, determine, compute, what, how many/much/..., solve, show, evaluate, ...).
+- ``not_a_question``: ``require_question`` and there is no ``?`` and no sentence that opens with
+  an ask (find, calculate, determine, compute, solve, show, evaluate, "what is", "how many", ...).
 """
 from __future__ import annotations
 
@@ -74,9 +74,12 @@ _TAIL_MARKERS = re.compile(
     r")",
     re.I,
 )
+# An ask: a question mark, or a sentence that opens with an instruction or a question word
+# ("Find x.", "Calculate the area."). A bare "What a story!" is not an ask.
 _ASKS = re.compile(
-    r"\?|？|\b(?:find|calculate|determine|compute|what|which|how (?:many|much|long|far|old|fast|often|tall|big)"
-    r"|solve|show|prove|evaluate|simplify|estimate|express|work out|figure out)\b",
+    r"\?|？|(?:^|[.!:;]\s+|\n)[\s*_\"'(]*(?:please\s+|now\s+|then\s+)?(?:find|calculate|determine|compute"
+    r"|solve|show|prove|evaluate|simplify|estimate|express|work out|figure out|give|state"
+    r"|what (?:is|are|was|were|will|would|does|did)|which|how (?:many|much|long|far|old|fast|often|tall|big))\b",
     re.I,
 )
 _LEAK = re.compile(r"####|\\boxed|\banswer\s*(?:is|[:：=])\s*[:：]?\s*[-$€£(\\]?\d", re.I)

@@ -59,6 +59,13 @@ class Tracker:
                     w.writerow(["key", "value"])
                 w.writerows(sorted(flat.items()))
 
+    def log_table(self, name: str, rows: list[dict], columns: list[str]) -> None:
+        """A W&B table (e.g. sample SFT rows to read in the UI); ignored by the other loggers."""
+        if self.kind == "wandb" and self._run is not None and rows:
+            import wandb
+
+            self._run.log({name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+
     def finish(self, ok: bool = True) -> None:
         if self._run is not None:
             self._run.finish(exit_code=0 if ok else 1)
