@@ -20,6 +20,11 @@ KEPT = [
      "A man walked 12 km each day for 3 days. How far did he walk?"),
     ("A farmer has 12 cows and each has 4 legs. Calculate the total number of legs.",
      "A farmer has 12 cows and each has 4 legs. Calculate the total number of legs."),
+    ("A school has 1000 students and 80% are seniors. How many seniors are there? This math problem requires "
+     "creative thinking and problem-solving skills.",
+     "A school has 1000 students and 80% are seniors. How many seniors are there?"),
+    ("Solve: 2 + 3 * (2 + 3) = ? This problem has a beautiful intersection of arithmetic and algebra.",
+     "Solve: 2 + 3 * (2 + 3) = ?"),
     ("Solve the following problem: if 2x + 3 = 11, what is x?",
      "Solve the following problem: if 2x + 3 = 11, what is x?"),
     ("Sure! Here's a unique math word problem:\n\nA bakery sells cupcakes for $12.50 per box. "

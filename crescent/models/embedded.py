@@ -17,6 +17,8 @@ from typing import Callable
 
 from filelock import FileLock
 
+from crescent.utils.io import write_json
+
 log = logging.getLogger(__name__)
 
 SHA_MEMO_FILE = "gguf_sha256.json"
@@ -55,14 +57,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, path)
-
-
 def file_sha256(path: str | Path, cache_dir: str | Path) -> str:
     """sha256 of a file, memoised in cache_dir by (path, size, mtime_ns) so big files are hashed once."""
     path = Path(path).resolve()
@@ -76,7 +70,7 @@ def file_sha256(path: str | Path, cache_dir: str | Path) -> str:
         memo = {}
     if memo_key not in memo:
         memo[memo_key] = _sha256(path)
-        _write_json_atomic(memo_path, memo)
+        write_json(memo_path, memo)
     return memo[memo_key]
 
 

@@ -69,8 +69,9 @@ _TAIL_MARKERS = re.compile(
     r"|we (?:can|need to|will) (?:solve|start|use|find|calculate)|first,? (?:we|let'?s)"
     r"|here(?:'s|’s| is) (?:the|a|my) (?:solution|answer|step)"
     r"|good luck|have fun|enjoy|happy (?:solving|calculating)|feel free|i hope|hope you"
-    r"|(?:please )?let me know|would you like|do you want|can you solve (?:it|this)|(?:this|the) problem "
-    r"(?:requires|involves|tests|is designed|combines|encourages|can be solved)|```)"
+    r"|(?:please )?let me know|would you like|do you want|can you solve (?:it|this)|(?:this|the) (?:\w+ ){0,2}(?:problem|question|puzzle) "
+    r"(?:requires|involves|tests|is designed|combines|encourages|can be solved|has|showcases|challenges|highlights"
+    r"|is a great|is an? (?:example|fun|classic))|```)"
     r")",
     re.I,
 )
