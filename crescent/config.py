@@ -4,11 +4,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import Container, DictConfig, OmegaConf
 
-STAGES = ("generate",)
+STAGES = ("generate", "train")
+TRAIN = ("sft", "distil", "lora")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "linear", "constant")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+STRATEGIES = ("auto", "ddp", "deepspeed")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 BACKENDS = ("hf", "vllm")
 MODEL_SOURCES = ("embedded", "tiny", "hub")
 DEDUP = ("embedding", "none")
@@ -105,6 +112,35 @@ RULES: dict[str, Rule] = {
     "logger.name": one_of(LOGGERS),
 }
 
+def _devices_ok(x: Any) -> bool:
+    return (_int(x) and (x >= 1 or x == -1)) or x == "auto"
+
+
+TRAIN_RULES: dict[str, Rule] = {
+    "train.name": one_of(TRAIN),
+    "train.data": Rule("null or a path to a chat jsonl", lambda x: x is None or isinstance(x, str)),
+    "train.val_fraction": Rule("a number in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
+    "train.max_seq_len": int_at_least(8),
+    "train.epochs": int_at_least(1),
+    "train.max_steps": Rule("-1 (use epochs) or an integer >= 1", lambda x: _int(x) and (x == -1 or x >= 1)),
+    "train.global_batch_size": int_at_least(1),
+    "train.micro_batch_size": int_at_least(1),
+    "train.optimizer.name": one_of(OPTIMIZERS),
+    "train.optimizer.lr": Rule("a number > 0", lambda x: _num(x) and x > 0),
+    "train.optimizer.weight_decay": float_at_least(0.0),
+    "train.scheduler.name": one_of(SCHEDULERS),
+    "train.scheduler.warmup_ratio": float_in(0.0, 1.0),
+    "train.gradient_clip": optional(float_at_least(0.0)),
+    "train.kd.alpha": float_in(0.0, 1.0),
+    "train.kd.temperature": Rule("a number > 0", lambda x: _num(x) and x > 0),
+    "train.resume": one_of((False, True)),
+    "trainer.accelerator": one_of(ACCELERATORS),
+    "trainer.devices": Rule("an integer >= 1, -1 or 'auto'", _devices_ok),
+    "trainer.num_nodes": int_at_least(1),
+    "trainer.strategy": one_of(STRATEGIES),
+    "trainer.precision": one_of(PRECISIONS),
+}
+
 EMBEDDING_DEDUP_RULES: dict[str, Rule] = {
     "dedup.threshold": float_in(0.0, 1.0),
     "dedup.max_attempts": int_at_least(0),
@@ -134,6 +170,10 @@ def validate(cfg: DictConfig) -> None:
     rules = dict(RULES)
     if _get(cfg, "dedup.name") == "embedding":
         rules.update(EMBEDDING_DEDUP_RULES)
+    stages = _get(cfg, "stages")
+    training = isinstance(stages, list) and "train" in stages
+    if training:
+        rules.update(TRAIN_RULES)
     errors = []
     for key, rule in rules.items():
         value = _get(cfg, key)
@@ -141,11 +181,27 @@ def validate(cfg: DictConfig) -> None:
             errors.append(f"  {key}: missing (expected {rule.allowed})")
         elif not rule.ok(value):
             errors.append(f"  {key}={value!r} is invalid: expected {rule.allowed}")
-    stages = _get(cfg, "stages")
     if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
         errors.append(f"  stages={stages!r} is invalid: expected a non-empty list drawn from {list(STAGES)}")
+    errors += _train_errors(cfg) if training else []
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(errors))
+
+
+def _train_errors(cfg: DictConfig) -> list[str]:
+    errors = []
+    data = _get(cfg, "train.data")
+    if isinstance(data, str) and not Path(data).is_file():
+        errors.append(f"  train.data={data!r} is invalid: no such file (expected a chat `messages` jsonl)")
+    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
+    gbs, mbs = _get(cfg, "train.global_batch_size"), _get(cfg, "train.micro_batch_size")
+    if all(_int(v) and v >= 1 for v in (devices, nodes, gbs, mbs)) and gbs % (devices * nodes):
+        errors.append(f"  train.global_batch_size={gbs} is invalid: expected a multiple of "
+                      f"trainer.devices x trainer.num_nodes = {devices * nodes}")
+    if _get(cfg, "trainer.strategy") == "deepspeed" and _get(cfg, "trainer.accelerator") == "cpu":
+        errors.append("  trainer.strategy='deepspeed' is invalid with trainer.accelerator='cpu': "
+                      "Lightning's DeepSpeed strategy needs CUDA GPUs (use trainer=cpu here)")
+    return errors
 
 
 # Everything that changes the generated data; paths, logging and later stages are left out.

@@ -29,7 +29,13 @@ def _generate(cfg: DictConfig, tracker: Tracker) -> dict:
     return manifest
 
 
-STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate}
+def _train(cfg: DictConfig, tracker: Tracker) -> dict:
+    from crescent.train.stage import run
+
+    return run(cfg, tracker)
+
+
+STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -48,7 +54,8 @@ def run(cfg: DictConfig) -> dict:
         for stage in cfg.stages:
             t0 = time.perf_counter()
             results[stage] = STAGE_FUNCS[stage](cfg, tracker)
-            tracker.log({stage: results[stage].get("counts", {}), f"{stage}_wall_s": time.perf_counter() - t0})
+            summary = results[stage].get("counts") or results[stage].get("metrics") or {}
+            tracker.log({stage: summary, f"{stage}_wall_s": time.perf_counter() - t0})
             status["done"].append(stage)
             write_json(run_dir / "status.json", status)
     except BaseException as e:

@@ -11,7 +11,8 @@ from conftest import CONF, ROOT, compose_cfg
 from crescent.config import ConfigError, config_hash, validate
 
 GROUPS = {"model@teacher": "model", "model@student": "model", "backend": "backend", "questions": "questions",
-          "sampling": "sampling", "dedup": "dedup", "voting": "voting", "logger": "logger"}
+          "sampling": "sampling", "dedup": "dedup", "voting": "voting", "train": "train", "trainer": "trainer",
+          "logger": "logger"}
 OPTIONAL_GROUPS = ("experiment", "debug")
 
 
@@ -30,7 +31,7 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("override", CASES)
 def test_every_option_composes_and_validates(override, tmp_path):
-    cfg = compose_cfg([override], tmp_path)
+    cfg = compose_cfg([override, "stages=[generate,train]"], tmp_path)
     validate(cfg)
     group, option = override.split("=")
     if group.startswith("model@"):
@@ -65,9 +66,20 @@ def test_student_follows_teacher_unless_given(tmp_path):
     ("stages=[generate,fly]", "stages", "generate"),
     ("questions.answer_prompt=no_placeholder", "questions.answer_prompt", "{question}"),
     ("seed=-1", "seed", "integer >= 0"),
+    ("train.optimizer.lr=0", "train.optimizer.lr", "> 0"),
+    ("train.kd.alpha=1.5", "train.kd.alpha", "[0.0, 1.0]"),
+    ("train.val_fraction=1", "train.val_fraction", "[0, 1)"),
+    ("train.scheduler.name=step", "train.scheduler.name", "'cosine', 'linear', 'constant'"),
+    ("trainer.precision=8-bit", "trainer.precision", "bf16-mixed"),
+    ("trainer.devices=0", "trainer.devices", "integer >= 1, -1 or 'auto'"),
+    ("train.data=/nonexistent/sft.jsonl", "train.data", "no such file"),
+    ("train.global_batch_size=6", "train.global_batch_size", "multiple of trainer.devices x trainer.num_nodes = 4"),
+    ("trainer.accelerator=cpu", "trainer.strategy", "needs CUDA GPUs"),
 ])
 def test_bad_value_names_key_and_allowed(override, key, allowed, tmp_path):
-    cfg = compose_cfg([override], tmp_path)
+    extra = {"train.global_batch_size=6": ["trainer.devices=4"],
+             "trainer.accelerator=cpu": ["trainer=deepspeed_stage_2"]}.get(override, [])
+    cfg = compose_cfg([*extra, "stages=[generate,train]", override], tmp_path)
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     msg = str(e.value)

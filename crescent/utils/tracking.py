@@ -45,6 +45,11 @@ class Tracker:
                 config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
             )
 
+    @property
+    def run(self):
+        """The active W&B run (None for the other loggers): Lightning's WandbLogger attaches to it."""
+        return self._run
+
     def log(self, metrics: dict[str, Any]) -> None:
         flat = flatten(metrics)
         if self.kind == "wandb" and self._run is not None:

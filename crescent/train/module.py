@@ -1,0 +1,147 @@
+"""The LightningModule: causal-LM SFT on assistant tokens, optional token-level KD, optional LoRA."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over positions whose label is not -100; (loss, n_tokens)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    n = mask.sum()
+    loss = F.cross_entropy(logits[mask], labels[mask], reduction="sum") / n.clamp(min=1)
+    return loss, n
+
+
+def masked_kd(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature T, averaged over trainable positions, scaled by T^2."""
+    mask = labels[:, 1:] != -100
+    s = F.log_softmax(student[:, :-1][mask].float() / temperature, dim=-1)
+    t = F.log_softmax(teacher[:, :-1][mask].float() / temperature, dim=-1)
+    kl = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
+    return kl.mean() * temperature**2 if kl.numel() else kl.sum()
+
+
+def lr_lambda(name: str, warmup: int, total: int, min_ratio: float = 0.0):
+    """Multiplier of the base lr at optimizer step `step` (linear warmup, then the schedule)."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return f
+
+
+def same_vocab(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+class CausalLMModule(L.LightningModule):
+    """SFT (train=sft), distillation with an optional KD term (train=distil), LoRA (train=lora)."""
+
+    def __init__(self, model, tokenizer, train_cfg: Mapping[str, Any], teacher=None, use_cpu_adam: bool = False):
+        super().__init__()
+        self.model, self.tokenizer, self.cfg = model, tokenizer, train_cfg
+        self.teacher = teacher
+        self.use_cpu_adam = use_cpu_adam
+        kd = train_cfg.get("kd") or {}
+        self.kd_alpha = float(kd.get("alpha", 0.0)) if teacher is not None else 0.0
+        self.kd_temperature = float(kd.get("temperature", 1.0))
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.model.train()  # transformers 5 loads in eval mode and Lightning keeps module modes
+        self._t_step = None
+
+    # -- forward and losses -------------------------------------------------------------------
+    def _logits(self, model, batch) -> torch.Tensor:
+        return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
+
+    def _losses(self, batch) -> dict[str, torch.Tensor]:
+        logits = self._logits(self.model, batch)
+        ce, n = masked_ce(logits, batch["labels"])
+        out = {"ce": ce, "trainable_tokens": n}
+        if self.kd_alpha > 0:
+            with torch.no_grad():
+                teacher_logits = self._logits(self.teacher, batch)
+            kd = masked_kd(logits, teacher_logits, batch["labels"], self.kd_temperature)
+            out["kd"] = kd
+            out["loss"] = (1 - self.kd_alpha) * ce + self.kd_alpha * kd
+        else:
+            out["loss"] = ce
+        return out
+
+    def on_fit_start(self) -> None:
+        self.model.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._t_step = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        out = self._losses(batch)
+        real = batch["attention_mask"].sum() if batch["attention_mask"].dim() == 2 else (batch["labels"] != -100).sum()
+        bs = batch["input_ids"].shape[0]
+        metrics = {"train/loss": out["loss"], "train/ce": out["ce"],
+                   "train/trainable_fraction": out["trainable_tokens"].float() / real.clamp(min=1)}
+        if "kd" in out:
+            metrics["train/kd"] = out["kd"]
+        if self._t_step is not None:
+            metrics["train/tokens_per_s"] = real.float() / max(time.perf_counter() - self._t_step, 1e-6)
+        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=bs)
+        self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=bs)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        out = self._losses(batch)
+        self.log("val/loss", out["ce"], prog_bar=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_cfg, sched_cfg = self.cfg["optimizer"], self.cfg["scheduler"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        name = opt_cfg["name"]
+        if name == "adamw" and self.use_cpu_adam:  # ZeRO offload needs DeepSpeed's CPU Adam
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            opt = DeepSpeedCPUAdam(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"],
+                                   betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"], adamw_mode=True)
+        elif name == "adamw":
+            opt = torch.optim.AdamW(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"],
+                                    betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"])
+        elif name == "sgd":
+            opt = torch.optim.SGD(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"], momentum=0.9)
+        else:
+            raise ValueError(f"train.optimizer.name={name!r}; allowed: ['adamw', 'sgd']")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(float(sched_cfg["warmup_ratio"]) * total))
+        fn = lr_lambda(sched_cfg["name"], warmup, total, float(sched_cfg.get("min_lr_ratio", 0.0)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def apply_lora(model, lora_cfg: Mapping[str, Any]):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=int(lora_cfg["r"]), lora_alpha=int(lora_cfg["alpha"]), lora_dropout=float(lora_cfg["dropout"]),
+                        target_modules=list(lora_cfg["target_modules"]), task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA: %d trainable parameters (%.2f%%)", trainable,
+             100 * trainable / sum(p.numel() for p in model.parameters()))
+    return model

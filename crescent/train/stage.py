@@ -1,0 +1,95 @@
+"""The train stage: SFT / distillation / LoRA on chat rows, ending with hf_export/."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from crescent.config import ConfigError, config_hash
+
+log = logging.getLogger(__name__)
+
+
+def training_data(cfg: DictConfig) -> Path:
+    """train.data, else this run's synth/sft.jsonl, else the cached data of this generation config."""
+    if cfg.train.data:
+        path = Path(cfg.train.data)
+        if not path.is_file():
+            raise ConfigError(f"train.data={cfg.train.data!r}: no such file")
+        return path
+    for path in (Path(cfg.paths.output_dir) / "synth" / "sft.jsonl",
+                 Path(cfg.paths.synth_cache) / config_hash(cfg) / "sft.jsonl"):
+        if path.is_file():
+            return path
+    raise ConfigError("train.data is null and there is no synthetic data for this config yet: "
+                      "run stages=[generate,train] or set train.data=PATH/TO/sft.jsonl")
+
+
+def _lightning_logger(cfg: DictConfig, run_dir: Path, tracker):
+    if cfg.logger.name == "wandb" and getattr(tracker, "run", None) is not None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(experiment=tracker.run)
+    if cfg.logger.name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv_logs", version="")
+    return False
+
+
+def _load_teacher(cfg: DictConfig, student_tok):
+    """The teacher model for the KD term, or None (no KD, or vocabularies differ)."""
+    if float(cfg.train.kd.alpha) <= 0:
+        return None
+    from crescent.models.loading import load_model_and_tokenizer
+    from crescent.train.module import same_vocab
+
+    tok, teacher = load_model_and_tokenizer(cfg.teacher, cfg.paths.cache_dir, dtype="float32")
+    if not same_vocab(tok, student_tok):
+        log.warning("train.kd.alpha=%s ignored: teacher %s and student %s have different vocabularies",
+                    cfg.train.kd.alpha, cfg.teacher.name, cfg.student.name)
+        return None
+    return teacher
+
+
+def run(cfg: DictConfig, tracker=None) -> dict:
+    import lightning as L
+
+    from crescent.models.loading import load_model_and_tokenizer
+    from crescent.train.data import SFTDataModule
+    from crescent.train.export import export_hf
+    from crescent.train.module import CausalLMModule, apply_lora
+    from crescent.train.trainer import build_trainer, needs_deepspeed_cpu_adam, resume_checkpoint
+
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    data_path = training_data(cfg)
+    tc = cfg.train
+    L.seed_everything(int(tc.seed), workers=True, verbose=False)
+    tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype="float32")
+    if tc.lora:
+        model = apply_lora(model, tc.lora)
+    teacher = _load_teacher(cfg, tokenizer)
+    trainer, plan = build_trainer(cfg, run_dir, logger=_lightning_logger(cfg, run_dir, tracker))
+    data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
+                         micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
+                         packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed))
+    module = CausalLMModule(model, tokenizer, OmegaConf.to_container(tc, resolve=True), teacher=teacher,
+                            use_cpu_adam=needs_deepspeed_cpu_adam(cfg.trainer))
+    ckpt = resume_checkpoint(run_dir, bool(tc.resume))
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    export_dir = export_hf(module.model, tokenizer, run_dir / "hf_export", trainer=trainer,
+                           checkpoint_dir=run_dir / "checkpoints")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    result = {
+        "data": str(data_path), "export": str(export_dir), "student": cfg.student.name,
+        "global_step": trainer.global_step, "epochs": trainer.current_epoch, "resumed_from": ckpt,
+        "batch_plan": plan._asdict(), "data_stats": getattr(data, "stats", {}),
+        "metrics": metrics, "wall_s": round(time.perf_counter() - t0, 2),
+    }
+    from crescent.utils.io import write_json
+
+    write_json(run_dir / "train_result.json", result)
+    return result
