@@ -28,6 +28,21 @@ def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
         secs = gen.get("timings_s", {})
         t.add_row("time questions / answers (s)", f"{secs.get('questions', 0)} / {secs.get('answers', 0)}")
         console.print(t)
+    tr = results.get("train")
+    if tr:
+        m = tr.get("metrics", {})
+        t = Table(title=f"crescent train: {tr['student']} ({cfg.train.name})")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        t.add_row("rows train / val", f"{tr['data_stats'].get('train_rows')} / {tr['data_stats'].get('val_rows')}")
+        t.add_row("optimizer steps / epochs", f"{tr['global_step']} / {tr['epochs']}")
+        for key in ("train/loss", "val/loss", "train/kd", "train/tokens_per_s"):
+            if key in m:
+                t.add_row(key, f"{m[key]:.4g}")
+        t.add_row("wall (s)", str(tr["wall_s"]))
+        console.print(t)
     console.print(f"run dir: {run_dir}")
     if gen:
         console.print(f"  synth/sft.jsonl, synth/questions.jsonl, synth/manifest.json (cache: {gen['cache_dir']})")
+    if tr:
+        console.print("  hf_export/ (save_pretrained model + tokenizer), checkpoints/last.ckpt, train_result.json")
