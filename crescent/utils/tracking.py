@@ -30,6 +30,28 @@ def _wandb_mode(setting: str) -> str:
     return "online" if logged_in else "offline"
 
 
+def git_commit() -> str | None:
+    """The commit of the crescent checkout that runs (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def experiment_name() -> str | None:
+    """The experiment=... choice of this Hydra job (None outside Hydra or without one)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("experiment")
+    except (ImportError, ValueError):
+        return None
+
+
 class Tracker:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.kind = cfg.logger.name
@@ -38,11 +60,16 @@ class Tracker:
         if self.kind == "wandb":
             import wandb
 
+            from crescent.config import config_hash
+
             lc = cfg.logger
+            config = OmegaConf.to_container(cfg, resolve=True)
+            config["crescent"] = {"synth_config_hash": config_hash(cfg), "git_commit": git_commit(),
+                                  "experiment": experiment_name()}
             self._run = wandb.init(
-                project=lc.project, entity=lc.entity, group=lc.group, job_type=lc.job_type or "pipeline",
-                tags=list(cfg.get("tags", [])), dir=str(self.run_dir), mode=_wandb_mode(lc.mode),
-                config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+                project=lc.project, entity=lc.entity, group=lc.group or experiment_name(),
+                job_type=lc.job_type or "+".join(cfg.stages), tags=list(cfg.get("tags", [])),
+                dir=str(self.run_dir), mode=_wandb_mode(lc.mode), config=config, reinit="finish_previous",
             )
 
     @property
