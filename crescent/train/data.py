@@ -206,7 +206,7 @@ def packed_attention_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch
 
 
 def collate(batch: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors. Plain rows: input_ids, labels, attention_mask (B, L).
+    """Right-padded tensors. Plain rows: input_ids, labels, attention_mask (B, L); real_tokens (a count).
 
     Packed blocks (rows with position_ids): also position_ids, and attention_mask is the 4D
     block-diagonal mask; padding forms its own segment (positions 0..), never seen by real tokens.
@@ -218,7 +218,7 @@ def collate(batch: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     for b, x in enumerate(batch):
         input_ids[b, : lengths[b]] = torch.tensor(x["input_ids"], dtype=torch.long)
         labels[b, : lengths[b]] = torch.tensor(x["labels"], dtype=torch.long)
-    out = {"input_ids": input_ids, "labels": labels}
+    out = {"input_ids": input_ids, "labels": labels, "real_tokens": torch.tensor(sum(lengths))}
     if "position_ids" not in batch[0]:
         out["attention_mask"] = (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
         return out

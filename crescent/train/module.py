@@ -69,7 +69,7 @@ class CausalLMModule(L.LightningModule):
 
     # -- forward and losses -------------------------------------------------------------------
     def _logits(self, model, batch) -> torch.Tensor:
-        return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
+        return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
 
     def _losses(self, batch) -> dict[str, torch.Tensor]:
         logits = self._logits(self.model, batch)
@@ -95,7 +95,7 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self._losses(batch)
-        real = batch["attention_mask"].sum() if batch["attention_mask"].dim() == 2 else (batch["labels"] != -100).sum()
+        real = batch["real_tokens"] if "real_tokens" in batch else batch["attention_mask"].sum()
         bs = batch["input_ids"].shape[0]
         metrics = {"train/loss": out["loss"], "train/ce": out["ce"],
                    "train/trainable_fraction": out["trainable_tokens"].float() / real.clamp(min=1)}
