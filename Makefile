@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install run test test-slow test-all bench clean
+.PHONY: help install run test test-slow test-all bench bench-train clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,6 +36,9 @@ test-all: $(STAMP)  ## everything that can run here
 
 bench: $(STAMP)  ## dedup benchmark (crescent vs the authors' algorithm)
 	$(PY) experiments/perf/bench_dedup.py --compare --n 5000 --scaling 1000,5000,10000,20000,50000
+
+bench-train: $(STAMP)  ## training throughput: random vs length-grouped vs packed batches
+	$(PY) experiments/perf/bench_train.py
 
 clean:  ## remove run outputs (keeps .venv and the model cache)
 	rm -rf outputs multirun/2* .pytest_cache

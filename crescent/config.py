@@ -204,6 +204,9 @@ def _train_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+# Bump when the generate-stage code changes its output for the same config (cleaning rules, prompts
+# rendering, extraction), so cached data made by older code is not reused.
+SYNTH_CODE_VERSION = 1
 # Everything that changes the generated data; paths, logging and later stages are left out.
 SYNTH_KEYS = ("teacher", "backend", "questions", "sampling", "dedup", "voting", "seed")
 # Keys inside those that only change speed or placement, never the data.
@@ -218,6 +221,7 @@ def synth_config(cfg: DictConfig) -> dict:
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _NON_DATA.get(key, ())}
         out[key] = None if value is _MISSING else value
+    out["synth_code_version"] = SYNTH_CODE_VERSION
     return out
 
 
