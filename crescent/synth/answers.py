@@ -33,7 +33,6 @@ def answer_questions(cfg: DictConfig, workdir: Path, questions: list[dict],
     chunks = [questions[i:i + size] for i in range(0, len(questions), size)]
     (workdir / "answers").mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    seconds = 0.0
     with tqdm(total=len(questions), desc=f"answers (k={cfg.voting.k})", unit="q") as bar:
         for c, chunk in enumerate(chunks):
             path = workdir / "answers" / f"chunk_{c:05d}.json"
@@ -45,6 +44,5 @@ def answer_questions(cfg: DictConfig, workdir: Path, questions: list[dict],
             if [r["id"] for r in record["rows"]] != [q["id"] for q in chunk]:
                 raise RuntimeError(f"{path} does not match the question list; delete {workdir} to regenerate")
             rows += record["rows"]
-            seconds += record["seconds"]
             bar.update(len(chunk))
     return rows
