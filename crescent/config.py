@@ -9,14 +9,14 @@ from typing import Any, Callable
 
 from omegaconf import Container, DictConfig, OmegaConf
 
-STAGES = ("generate", "train")
+STAGES = ("generate", "train", "eval")
 TRAIN = ("sft", "distil", "lora")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "linear", "constant")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 STRATEGIES = ("auto", "ddp", "deepspeed")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "fast")
 MODEL_SOURCES = ("embedded", "tiny", "hub")
 DEDUP = ("embedding", "none")
 DEDUP_INDEX = ("exact", "faiss", "hnsw", "auto")
@@ -141,6 +141,84 @@ TRAIN_RULES: dict[str, Rule] = {
     "trainer.precision": one_of(PRECISIONS),
 }
 
+def _shots_ok(x: Any) -> bool:
+    items = x if isinstance(x, list) else [x]
+    return bool(items) and all(_int(v) and v >= 0 for v in items)
+
+
+def _limit_ok(x: Any) -> bool:
+    return x is None or (_int(x) and x >= 1) or (isinstance(x, float) and 0 < x <= 1)
+
+
+EVAL_MODELS = ("base", "trained")
+EVAL_RULES: dict[str, Rule] = {
+    "eval.num_fewshot": Rule("an integer >= 0 or a non-empty list of them", _shots_ok),
+    "eval.limit": Rule("null, an integer >= 1, or a fraction in (0, 1]", _limit_ok),
+    "eval.batch_size": int_at_least(1),
+    "eval.max_gen_toks": int_at_least(1),
+    "eval.max_length": int_at_least(16),
+    "eval.apply_chat_template": one_of((False, True)),
+    "eval.fewshot_as_multiturn": one_of((False, True)),
+    "eval.log_samples": one_of((False, True)),
+    "eval.dtype": one_of(DTYPES),
+    "eval.models": Rule(f"a non-empty list drawn from {list(EVAL_MODELS)}",
+                        lambda x: isinstance(x, list) and bool(x) and all(m in EVAL_MODELS for m in x)),
+    "eval.bootstrap_iters": int_at_least(0),
+    "eval.callback.every_n_epochs": int_at_least(0),
+    "eval.callback.limit": int_at_least(1),
+    "eval.callback.num_fewshot": int_at_least(0),
+    "eval.benchmarks": Rule("a mapping of benchmark configs", lambda x: isinstance(x, dict) and bool(x)),
+}
+BENCHMARK_KINDS = ("generate", "multiple_choice")
+BENCHMARK_RULES: dict[str, Rule] = {
+    "kind": one_of(BENCHMARK_KINDS),
+    "loader": nonempty_str(),
+    "question_template": nonempty_str(),
+}
+
+
+def _benchmark_errors(cfg: DictConfig) -> list[str]:
+    """Each eval.benchmarks entry: kind, loader (shipped or file with an existing path), answer."""
+    from crescent.eval.benchmarks import SHIPPED
+    from crescent.eval.tasks import FILTERS
+
+    benchmarks = _get(cfg, "eval.benchmarks")
+    if not isinstance(benchmarks, dict):
+        return []
+    errors = []
+    tasks = _get(cfg, "eval.tasks")
+    if isinstance(tasks, list):
+        errors += [f"  eval.tasks: {t!r} is not in eval.benchmarks (available: {sorted(benchmarks)})"
+                   for t in tasks if t not in benchmarks]
+    for name, spec in benchmarks.items():
+        key = f"eval.benchmarks.{name}"
+        if not isinstance(spec, dict):
+            errors.append(f"  {key}={spec!r} is invalid: expected a benchmark config")
+            continue
+        for field, rule in BENCHMARK_RULES.items():
+            if not rule.ok(spec.get(field)):
+                errors.append(f"  {key}.{field}={spec.get(field)!r} is invalid: expected {rule.allowed}")
+        loader = spec.get("loader")
+        if loader not in (*SHIPPED, "file"):
+            errors.append(f"  {key}.loader={loader!r} is invalid: expected one of {sorted(SHIPPED)} or 'file'")
+        if loader == "file":
+            for field in ("path", "fewshot_path"):
+                path = spec.get(field)
+                if (field == "path" or path) and not (isinstance(path, str) and Path(path).expanduser().is_file()):
+                    errors.append(f"  {key}.{field}={path!r} is invalid: expected an existing .jsonl/.json/.csv "
+                                  "file (absolute, or relative to the directory crescent runs from)")
+        if spec.get("answer_field") is None and spec.get("target") is None:
+            errors.append(f"  {key}: needs answer_field (a field name) or target (a template)")
+        bad = [f for f in spec.get("filters") or [] if f not in FILTERS]
+        if spec.get("kind") == "generate" and bad:
+            errors.append(f"  {key}.filters: {bad} unknown; allowed: {list(FILTERS)}")
+        if "custom-regex" in (spec.get("filters") or []) and not spec.get("regex"):
+            errors.append(f"  {key}.regex: missing (filter custom-regex needs a regex whose first group is the answer)")
+        if spec.get("kind") == "multiple_choice" and spec.get("choices") is None:
+            errors.append(f"  {key}.choices: missing (a multiple-choice benchmark needs its choices)")
+    return errors
+
+
 EMBEDDING_DEDUP_RULES: dict[str, Rule] = {
     "dedup.threshold": float_in(0.0, 1.0),
     "dedup.max_attempts": int_at_least(0),
@@ -174,6 +252,9 @@ def validate(cfg: DictConfig) -> None:
     training = isinstance(stages, list) and "train" in stages
     if training:
         rules.update(TRAIN_RULES)
+    evaluating = isinstance(stages, list) and "eval" in stages
+    if evaluating:
+        rules.update(EVAL_RULES)
     errors = []
     for key, rule in rules.items():
         value = _get(cfg, key)
@@ -184,6 +265,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
         errors.append(f"  stages={stages!r} is invalid: expected a non-empty list drawn from {list(STAGES)}")
     errors += _train_errors(cfg) if training else []
+    errors += _benchmark_errors(cfg) if evaluating else []
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(errors))
 

@@ -35,7 +35,13 @@ def _train(cfg: DictConfig, tracker: Tracker) -> dict:
     return run(cfg, tracker)
 
 
-STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train}
+def _eval(cfg: DictConfig, tracker: Tracker) -> dict:
+    from crescent.eval.stage import run
+
+    return run(cfg, tracker)
+
+
+STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval}
 
 
 def run(cfg: DictConfig) -> dict:

@@ -72,7 +72,10 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     if tc.lora:
         model = apply_lora(model, tc.lora)
     teacher = _load_teacher(cfg, tokenizer)
-    trainer, plan = build_trainer(cfg, run_dir, logger=_lightning_logger(cfg, run_dir, tracker))
+    from crescent.eval.callback import eval_callbacks
+
+    trainer, plan = build_trainer(cfg, run_dir, callbacks=eval_callbacks(cfg, str(Path.cwd())),
+                                  logger=_lightning_logger(cfg, run_dir, tracker))
     data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
                          micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
                          packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed))

@@ -41,8 +41,28 @@ def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
                 t.add_row(key, f"{m[key]:.4g}")
         t.add_row("wall (s)", str(tr["wall_s"]))
         console.print(t)
+    ev = results.get("eval")
+    if ev:
+        _print_eval(console, ev)
     console.print(f"run dir: {run_dir}")
     if gen:
         console.print(f"  synth/sft.jsonl, synth/questions.jsonl, synth/manifest.json (cache: {gen['cache_dir']})")
     if tr:
         console.print("  hf_export/ (save_pretrained model + tokenizer), checkpoints/last.ckpt, train_result.json")
+    if ev:
+        console.print("  eval/results.json, eval/summary.md, eval/summary.png, eval/samples_*.jsonl")
+
+
+def _print_eval(console: Console, ev: dict) -> None:
+    from crescent.eval.report import summary_rows
+    from crescent.utils.io import read_json
+
+    result = read_json(ev["results"])
+    models, rows = summary_rows(result["rows"])
+    names = ", ".join(f"{tag} = {m['name']}" for tag, m in result["models"].items())
+    t = Table(title=f"crescent eval ({names}; limit={result['settings'].get('limit')})")
+    for col in ["benchmark", "shots", "score", "n"] + [f"{m} (%)" for m in models] + (["Δ (pts)"] if len(models) > 1 else []):
+        t.add_column(col, justify="left" if col in ("benchmark", "score") else "right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)

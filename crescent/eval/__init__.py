@@ -1,0 +1,1 @@
+"""Evaluation: lm-evaluation-harness on shipped or user benchmarks, before and after training."""

@@ -1,0 +1,140 @@
+"""lm-eval task configs (dicts) built from `eval.benchmarks.<name>` config entries.
+
+Generation tasks get lm-eval's gsm8k semantics: the prompt template, greedy decoding until the stop
+strings, named answer filters (regex → take_first, reported side by side) and exact_match with
+gsm8k's normalisation. Multiple-choice tasks are scored by log-likelihood (acc, acc_norm).
+"""
+from __future__ import annotations
+
+import importlib
+from functools import partial
+from typing import Any, Mapping
+
+from crescent.eval.benchmarks import load_docs, same_subject_sampler
+
+KINDS = ("generate", "multiple_choice")
+# lm-eval gsm8k.yaml (v3): strict = the number after '#### '; flexible = the last number in the text
+STRICT = r"#### (\-?[0-9\.\,]+)"
+FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+ANSWER_IS = r"The answer is (\-?[0-9\.\,]+)."  # lm-eval gsm8k-cot's strict regex
+BOXED = r"\\boxed\{([^{}]*)\}"
+FILTERS = ("strict-match", "flexible-extract", "answer-is", "boxed", "crescent-extract", "custom-regex")
+# gsm8k.yaml's exact_match: commas, '$', a trailing '.' and everything up to '#### ' are ignored
+EXACT_MATCH = {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
+               "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}
+SAMPLERS = {"same_subject": same_subject_sampler}
+ALLOWED_PY = ("crescent.", "lm_eval.")
+
+
+def _regex_filter(name: str, pattern: str, last: bool = False) -> dict:
+    regex = {"function": "regex", "regex_pattern": pattern}
+    if last:
+        regex["group_select"] = -1
+    return {"name": name, "filter": [regex, {"function": "take_first"}]}
+
+
+def crescent_extract(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """lm-eval custom filter: crescent's own answer extraction (the one voting uses at train time)."""
+    from crescent.synth.voting import extract_answer
+
+    return [[extract_answer(r) or "[invalid]" for r in inst] for inst in resps]
+
+
+def filter_entry(name: str, regex: str | None = None) -> dict:
+    """One lm-eval filter_list entry by name (see FILTERS)."""
+    if name == "strict-match":
+        return _regex_filter(name, STRICT)
+    if name == "flexible-extract":
+        return _regex_filter(name, FLEXIBLE, last=True)
+    if name == "answer-is":
+        return _regex_filter(name, ANSWER_IS)
+    if name == "boxed":
+        return _regex_filter(name, BOXED, last=True)
+    if name == "crescent-extract":
+        return {"name": name, "filter": [{"function": "custom", "filter_fn": crescent_extract},
+                                         {"function": "take_first"}]}
+    if name == "custom-regex":
+        if not regex:
+            raise ValueError("filter 'custom-regex' needs the benchmark's `regex` (its first group is the answer)")
+        return _regex_filter(name, regex)
+    raise ValueError(f"unknown filter {name!r}; allowed: {list(FILTERS)}")
+
+
+def resolve_py(value: Any) -> Any:
+    """'py:module.attr' strings (lm-eval's `!function`) become the object, from crescent.* or lm_eval.* only."""
+    if isinstance(value, dict):
+        return {k: resolve_py(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_py(v) for v in value]
+    if not (isinstance(value, str) and value.startswith("py:")):
+        return value
+    dotted = value[3:]
+    if not dotted.startswith(ALLOWED_PY):
+        raise ValueError(f"{value!r}: only functions under {list(ALLOWED_PY)} may be referenced")
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _dataset(spec: Mapping[str, Any], base_dir: str, **_lm_eval_kwargs) -> Any:
+    """lm-eval `custom_dataset`: the benchmark's docs as a DatasetDict: test, and train = the few-shot
+    pool (the test docs themselves when there is none: lm-eval's sampler never shows a doc its own answer)."""
+    import datasets
+
+    docs = load_docs(spec, base_dir)
+    test = datasets.Dataset.from_list(docs["test"])
+    train = datasets.Dataset.from_list(docs["fewshot"]) if docs["fewshot"] else test
+    return datasets.DatasetDict({"test": test, "train": train})
+
+
+def _target(spec: Mapping[str, Any]) -> Any:
+    if spec.get("target") is not None:
+        return spec["target"]
+    if spec.get("answer_field"):
+        return "{{" + str(spec["answer_field"]) + "}}"
+    raise ValueError("a benchmark needs `answer_field` (a field of each question) or `target` (a template)")
+
+
+def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_dir: str = ".") -> dict:
+    """The lm-eval task config for one benchmark (a dict accepted by simple_evaluate's `tasks`)."""
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"eval.benchmarks.{name}.kind={kind!r}; allowed: {list(KINDS)}")
+    task: dict[str, Any] = {
+        "task": name,
+        "custom_dataset": partial(_dataset, dict(spec), str(base_dir)),
+        "test_split": "test",
+        "doc_to_text": resolve_py(spec["question_template"]),
+        "doc_to_target": resolve_py(_target(spec)),
+        "metadata": {"version": float(spec.get("version") or 1.0)},
+        "training_split": "train",
+        "fewshot_split": "train",
+    }
+    if spec.get("description"):
+        task["description"] = spec["description"]
+    sampler = spec.get("fewshot_sampler") or "default"
+    if sampler != "default":
+        task["fewshot_config"] = {"sampler": SAMPLERS[sampler]() if sampler in SAMPLERS else sampler}
+    if kind == "generate":
+        task.update(
+            output_type="generate_until",
+            generation_kwargs={"until": list(spec.get("until") or []), "do_sample": False, "temperature": 0.0,
+                               "max_gen_toks": int(max_gen_toks)},
+            filter_list=[filter_entry(f, spec.get("regex")) for f in spec.get("filters") or ["flexible-extract"]],
+            metric_list=[dict(EXACT_MATCH)],
+            repeats=1,
+        )
+    else:
+        task.update(
+            output_type="multiple_choice",
+            doc_to_choice=resolve_py(spec["choices"]),
+            metric_list=[{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                         for m in spec.get("metrics") or ["acc"]],
+        )
+    task.update(resolve_py(dict(spec.get("lm_eval") or {})))
+    return task
+
+
+def filter_names(task: Mapping[str, Any]) -> list[str]:
+    """The filter names results are reported under ('none' for multiple-choice tasks)."""
+    return [f["name"] for f in task.get("filter_list") or []] or ["none"]
+

@@ -1,0 +1,122 @@
+"""Our benchmark configs reproduce lm-eval 0.4.13's own task YAMLs: same prompts, few-shot exemplars,
+choices, filters and scores on the same documents (only the data source is swapped for the shipped file)."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from crescent.eval import harness
+from crescent.eval.benchmarks import load_docs
+from crescent.eval.tasks import build_task
+
+LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
+# (our benchmark, lm-eval's YAML, shot counts, docs compared)
+PAIRS = [
+    ("gsm8k", "gsm8k/gsm8k.yaml", [0, 5], 6),
+    ("arc_challenge", "arc/arc_challenge.yaml", [0, 3], 6),
+    ("arc_easy", "arc/arc_easy.yaml", [0], 6),
+    ("piqa", "piqa/piqa.yaml", [0], 6),
+    ("hellaswag", "hellaswag/hellaswag.yaml", [0], 6),
+    ("winogrande", "winogrande/default.yaml", [0], 6),
+    ("truthfulqa_mc1", "truthfulqa/truthfulqa_mc1.yaml", [0], 6),
+    ("truthfulqa_mc2", "truthfulqa/truthfulqa_mc2.yaml", [0], 6),
+    ("mmlu", "mmlu/default/mmlu_abstract_algebra.yaml", [0, 5], 1),  # our doc 0 is abstract_algebra's doc 0
+]
+
+
+def ours(make_cfg, name: str, max_gen_toks: int = 256) -> dict:
+    cfg = make_cfg("eval=all", "+eval/benchmark@eval.benchmarks.arc_easy=arc_easy")  # arc_easy: in no preset
+    spec = OmegaConf.to_container(cfg.eval.benchmarks[name], resolve=True)
+    return build_task(name, spec, max_gen_toks=max_gen_toks)
+
+
+def reference(name: str, yaml_path: str, spec: dict) -> dict:
+    """lm-eval's task config with its HF dataset replaced by the same shipped docs (split names as it asks)."""
+    import datasets
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(LM_EVAL_TASKS / yaml_path)
+    for key in ("dataset_path", "dataset_name", "dataset_kwargs", "tag", "process_docs"):
+        cfg.pop(key, None)  # process_docs: hellaswag's builds query/choices, which the shipped form already has
+    docs = load_docs(spec)
+    test = datasets.Dataset.from_list(docs["test"])
+    splits = {cfg.get("test_split") or cfg.get("validation_split"): test}
+    fewshot = cfg.get("fewshot_split") or cfg.get("training_split")
+    if fewshot:  # like ours: the test docs when no train split ships (used only at 0 shots here)
+        splits[fewshot] = datasets.Dataset.from_list(docs["fewshot"]) if docs["fewshot"] else test
+    cfg["custom_dataset"] = lambda **_: datasets.DatasetDict(splits)
+    cfg["task"] = f"lm_eval_{name}"
+    return cfg
+
+
+def requests(task_cfg: dict, shots: int, limit: int) -> list:
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    task = get_task_dict([task_cfg], TaskManager(include_defaults=False))[task_cfg["task"]]
+    task.set_config(key="num_fewshot", value=shots)
+    task.set_fewshot_seed(seed=1234)
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    return sorted((i.doc_id, i.idx, i.request_type, i.arguments[0], i.arguments[1] if i.request_type != "generate_until"
+                   else i.arguments[1]["until"]) for i in task.instances)
+
+
+@pytest.mark.parametrize("name,yaml_path,shots,limit", PAIRS, ids=[p[0] for p in PAIRS])
+def test_requests_equal_lm_evals_own_task(make_cfg, name, yaml_path, shots, limit):
+    mine = ours(make_cfg, name)
+    ref = reference(name, yaml_path, mine["custom_dataset"].args[0])
+    for k in shots:
+        got, want = requests(mine, k, limit), requests(ref, k, limit)
+        assert got == want, f"{name} {k}-shot"
+        assert len(got) >= limit
+
+
+def test_gsm8k_filters_and_metric_are_lm_evals(make_cfg):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    ref = load_yaml(LM_EVAL_TASKS / "gsm8k/gsm8k.yaml")
+    mine = ours(make_cfg, "gsm8k")
+    assert mine["filter_list"] == ref["filter_list"]
+    assert mine["metric_list"] == ref["metric_list"]
+    assert mine["doc_to_text"] == ref["doc_to_text"] and mine["generation_kwargs"]["until"] == ref["generation_kwargs"]["until"]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from conftest import compose_cfg
+    from crescent.models.loading import load_model_and_tokenizer
+
+    cfg = compose_cfg(["model@teacher=tiny_llama"])
+    tok, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype="float32")
+    return harness.make_lm(model, tok, batch_size=4, max_length=2048)
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_gsm8k_scores_equal_lm_evals_on_the_same_documents(make_cfg, tiny_lm, shots):
+    mine = ours(make_cfg, "gsm8k", max_gen_toks=24)
+    ref = reference("gsm8k", "gsm8k/gsm8k.yaml", mine["custom_dataset"].args[0])
+    ref["generation_kwargs"]["max_gen_toks"] = 24
+    a = harness.evaluate(tiny_lm, [mine], shots, {}, limit=4)
+    b = harness.evaluate(tiny_lm, [ref], shots, {}, limit=4)
+    rows_a = {(r["filter"], r["metric"]): (r["value"], r["n"]) for r in harness.result_rows(a, "x")}
+    rows_b = {(r["filter"], r["metric"]): (r["value"], r["n"]) for r in harness.result_rows(b, "x")}
+    assert rows_a == rows_b and set(rows_a) == {("strict-match", "exact_match"), ("flexible-extract", "exact_match")}
+    sa = [(s["doc_id"], s["filter"], s["resps"], s["filtered_resps"]) for s in a["samples"]["gsm8k"]]
+    sb = [(s["doc_id"], s["filter"], s["resps"], s["filtered_resps"]) for s in b["samples"]["lm_eval_gsm8k"]]
+    assert sorted(sa) == sorted(sb) and len(sa) == 8
+
+
+@pytest.mark.slow
+def test_gsm8k_on_the_embedded_model_equals_lm_evals_task(make_cfg):
+    """The real SmolLM2-135M-Instruct, 5-shot, 6 documents: same answers and same scores."""
+    from crescent.models.loading import load_model_and_tokenizer
+
+    cfg = make_cfg()
+    tok, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype="float32")
+    lm = harness.make_lm(model, tok, batch_size=6, max_length=2048)
+    mine = ours(make_cfg, "gsm8k", max_gen_toks=160)
+    ref = reference("gsm8k", "gsm8k/gsm8k.yaml", mine["custom_dataset"].args[0])
+    ref["generation_kwargs"]["max_gen_toks"] = 160
+    a, b = (harness.evaluate(lm, [t], 5, {}, limit=6) for t in (mine, ref))
+    assert [(r["filter"], r["value"]) for r in harness.result_rows(a, "x")] == \
+        [(r["filter"], r["value"]) for r in harness.result_rows(b, "x")]
+    assert [s["filtered_resps"] for s in a["samples"]["gsm8k"]] == [s["filtered_resps"] for s in b["samples"]["lm_eval_gsm8k"]]
