@@ -20,13 +20,22 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    from crescent.pipeline import run
+def main(cfg: DictConfig) -> float | None:
+    from crescent.pipeline import objective, run
 
     try:
-        run(cfg)
+        return objective(cfg, run(cfg))  # the Optuna sweeper optimises this value
     except ConfigError as e:
+        if _multirun():
+            raise  # Hydra records the failed job and runs the rest of the sweep
         raise SystemExit(f"crescent: {e}") from None
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 if __name__ == "__main__":

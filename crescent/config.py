@@ -209,6 +209,9 @@ def _benchmark_errors(cfg: DictConfig) -> list[str]:
                                   "file (absolute, or relative to the directory crescent runs from)")
         if spec.get("answer_field") is None and spec.get("target") is None:
             errors.append(f"  {key}: needs answer_field (a field name) or target (a template)")
+        if spec.get("num_fewshot") is not None and not _shots_ok(spec["num_fewshot"]):
+            errors.append(f"  {key}.num_fewshot={spec['num_fewshot']!r} is invalid: expected null, an integer >= 0 "
+                          "or a list of them")
         bad = [f for f in spec.get("filters") or [] if f not in FILTERS]
         if spec.get("kind") == "generate" and bad:
             errors.append(f"  {key}.filters: {bad} unknown; allowed: {list(FILTERS)}")

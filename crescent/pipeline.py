@@ -9,7 +9,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.config import validate
+from crescent.config import ConfigError, validate
 from crescent.utils.io import write_json
 from crescent.utils.summary import print_summary
 from crescent.utils.tracking import Tracker
@@ -44,12 +44,32 @@ def _eval(cfg: DictConfig, tracker: Tracker) -> dict:
 STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval}
 
 
+def objective(cfg: DictConfig, results: dict) -> float | None:
+    """The value of cfg.optimized_metric ('<stage>/<metric>', e.g. 'eval/gsm8k/flexible-extract'), which
+    the Optuna sweeper maximises or minimises; None when no metric is named."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    from crescent.utils.tracking import flatten
+
+    stage, _, key = str(name).partition("/")
+    metrics = flatten(results.get(stage, {}).get("metrics") or results.get(stage, {}).get("counts") or {})
+    if key not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} was not produced by this run; available: "
+                          f"{sorted(f'{stage}/{k}' for k in metrics)}")
+    return float(metrics[key])
+
+
 def run(cfg: DictConfig) -> dict:
     """Validate, then run cfg.stages in order. Returns {stage: result}. Raises on failure after
     writing status.json = failed with the traceback."""
-    validate(cfg)  # before anything heavy is imported or loaded
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        validate(cfg)  # before anything heavy is imported or loaded
+    except ConfigError as e:  # recorded, so sweep aggregation lists the job with its error
+        write_json(run_dir / "status.json", {"status": "failed", "error": f"ConfigError: {e}", "stages": []})
+        raise
     status = {"status": "running", "stages": list(cfg.stages), "done": [], "started": time.time()}
     write_json(run_dir / "status.json", status)
     if cfg.get("print_config", False):

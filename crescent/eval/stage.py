@@ -31,6 +31,16 @@ def shots_list(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
+def shot_plan(benchmarks: dict[str, dict], default: Any) -> dict[int, dict[str, dict]]:
+    """{shots: {name: spec}}: each benchmark at its own `num_fewshot` (when set) or eval.num_fewshot."""
+    plan: dict[int, dict[str, dict]] = {}
+    for name, spec in benchmarks.items():
+        own = spec.get("num_fewshot")
+        for k in shots_list(default if own is None else own):
+            plan.setdefault(k, {})[name] = spec
+    return dict(sorted(plan.items()))
+
+
 def selected_benchmarks(eval_cfg: DictConfig) -> dict[str, dict]:
     """{name: benchmark config} of eval.benchmarks, narrowed to eval.tasks when given."""
     benchmarks = OmegaConf.to_container(eval_cfg.benchmarks, resolve=True) or {}
@@ -110,8 +120,8 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     samples_written = []
     for tag, model_cfg in models.items():
         lm = None
-        for shots in shots_list(ec.num_fewshot):
-            key = unit_key(settings, benchmarks, model_cfg, shots)
+        for shots, unit in shot_plan(benchmarks, ec.num_fewshot).items():
+            key = unit_key(settings, unit, model_cfg, shots)
             part = out / "parts" / f"{tag}_{shots}shot.json"
             if part.is_file() and read_json(part).get("key") == key:
                 log.info("eval: %s %d-shot already scored (%s)", tag, shots, part)
@@ -119,8 +129,8 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                 continue
             if lm is None:
                 lm = _load_lm(model_cfg, cfg)
-            log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(benchmarks))
-            raw, samples = _score_unit(lm, tag, benchmarks, shots, cfg, _launch_dir())
+            log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(unit))
+            raw, samples = _score_unit(lm, tag, unit, shots, cfg, _launch_dir())
             unit_rows = harness.result_rows(raw, tag)
             for task, task_samples in samples.items():
                 path = out / f"samples_{tag}_{task}_{shots}shot.jsonl"
@@ -132,7 +142,8 @@ def run(cfg: DictConfig, tracker=None) -> dict:
         del lm
     result = {
         "lm_eval_version": harness.lm_eval_version(),
-        "settings": {**settings, "num_fewshot": shots_list(ec.num_fewshot), "batch_size": ec.batch_size},
+        "settings": {**settings, "num_fewshot": list(shot_plan(benchmarks, ec.num_fewshot)),
+                     "batch_size": ec.batch_size},
         "models": {tag: {"name": m["name"], "path": m.get("local_path")} for tag, m in models.items()},
         "benchmarks": benchmarks,
         "rows": rows,

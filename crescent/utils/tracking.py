@@ -42,14 +42,37 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def experiment_name() -> str | None:
-    """The experiment=... choice of this Hydra job (None outside Hydra or without one)."""
+def _hydra():
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return HydraConfig.get().runtime.choices.get("experiment")
+        return HydraConfig.get()
     except (ImportError, ValueError):
         return None
+
+
+def sweep_info() -> dict[str, Any]:
+    """Where this job sits: experiment, hparams_search, and for multirun jobs the sweep id (the sweep
+    dir's date/time), job number and overrides. Empty outside Hydra."""
+    hc = _hydra()
+    if hc is None:
+        return {}
+    from hydra.types import RunMode
+
+    info: dict[str, Any] = {"experiment": hc.runtime.choices.get("experiment"),
+                            "hparams_search": hc.runtime.choices.get("hparams_search"),
+                            "overrides": list(hc.overrides.task)}
+    if hc.mode == RunMode.MULTIRUN:
+        info.update(sweep="-".join(Path(hc.sweep.dir).parts[-2:]), job_num=hc.job.num)
+    return info
+
+
+def wandb_group(info: dict[str, Any]) -> str | None:
+    """experiment (or 'crescent'), plus the sweep id for multirun jobs: one W&B group per sweep."""
+    if not info:
+        return None
+    base = info.get("experiment") or "crescent"
+    return f"{base}/{info['sweep']}" if info.get("sweep") else info.get("experiment")
 
 
 class Tracker:
@@ -63,12 +86,13 @@ class Tracker:
             from crescent.config import config_hash
 
             lc = cfg.logger
+            info = sweep_info()
             config = OmegaConf.to_container(cfg, resolve=True)
-            config["crescent"] = {"synth_config_hash": config_hash(cfg), "git_commit": git_commit(),
-                                  "experiment": experiment_name()}
+            config["crescent"] = {"synth_config_hash": config_hash(cfg), "git_commit": git_commit(), **info}
+            tags = list(cfg.get("tags", [])) + [v for v in (info.get("experiment"), info.get("hparams_search")) if v]
             self._run = wandb.init(
-                project=lc.project, entity=lc.entity, group=lc.group or experiment_name(),
-                job_type=lc.job_type or "+".join(cfg.stages), tags=list(cfg.get("tags", [])),
+                project=lc.project, entity=lc.entity, group=lc.group or wandb_group(info),
+                job_type=lc.job_type or "+".join(cfg.stages), tags=list(dict.fromkeys(tags)),
                 dir=str(self.run_dir), mode=_wandb_mode(lc.mode), config=config, reinit="finish_previous",
             )
 
