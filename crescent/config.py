@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from omegaconf import Container, DictConfig, OmegaConf
 
+from crescent.synth.formats import FORMATS
+
 STAGES = ("generate", "train", "eval")
 TRAIN = ("sft", "distil", "lora")
 OPTIMIZERS = ("adamw", "sgd")
@@ -93,7 +95,10 @@ RULES: dict[str, Rule] = {
     **_model_rules("student"),
     "backend.name": one_of(BACKENDS),
     "backend.dtype": one_of(DTYPES),
-    "questions.prompt": nonempty_str(),
+    "questions.source": one_of(("bait", "dataset", "seed_augment")),
+    "questions.answer_format": one_of(("chat", "completion")),
+    "questions.formats": Rule(f"a non-empty list drawn from {list(FORMATS)}",
+                              lambda x: isinstance(x, list) and bool(x) and all(f in FORMATS for f in x)),
     "questions.answer_prompt": Rule("a string containing {question}", lambda x: isinstance(x, str) and "{question}" in x),
     "questions.calls_per_round": int_at_least(1),
     "questions.max_calls": int_at_least(1),
@@ -109,6 +114,9 @@ RULES: dict[str, Rule] = {
     "voting.k": int_at_least(1),
     "voting.tie": one_of(TIE_POLICIES),
     "voting.min_agreement": float_in(0.0, 1.0),
+    "voting.keep": one_of(("first", "all_agreeing")),
+    "voting.reflect": one_of((False, True)),
+    "rounds": int_at_least(1),
     "logger.name": one_of(LOGGERS),
 }
 
@@ -222,6 +230,40 @@ def _benchmark_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def _questions_errors(cfg: DictConfig) -> list[str]:
+    """Source-specific question settings: the bait prompt, or a readable dataset, and few-shot exemplars."""
+    source, errors = _get(cfg, "questions.source"), []
+    prompt = _get(cfg, "questions.prompt")
+    if source == "bait" and not (isinstance(prompt, str) and prompt.strip()):
+        errors.append(f"  questions.prompt={prompt!r} is invalid: questions.source=bait needs a non-empty bait prompt")
+    if source in ("dataset", "seed_augment") or (isinstance(prompt, str) and "{seed_questions}" in prompt):
+        loader, path = _get(cfg, "questions.dataset.loader"), _get(cfg, "questions.dataset.path")
+        if loader not in ("gsm8k_train", "file"):
+            errors.append(f"  questions.dataset.loader={loader!r} is invalid: expected one of ['gsm8k_train', 'file']")
+        elif loader == "file" and not (isinstance(path, str) and Path(path).expanduser().is_file()):
+            errors.append(f"  questions.dataset.path={path!r} is invalid: expected an existing .jsonl/.json/.csv file")
+    if source == "seed_augment":
+        prompts = _get(cfg, "questions.augment_prompts")
+        if not isinstance(prompts, dict) or not prompts or not all(
+                isinstance(v, str) and "{question}" in v for v in prompts.values()):
+            errors.append(f"  questions.augment_prompts={prompts!r} is invalid: expected a mapping of style -> "
+                          "prompt containing {question}")
+    fewshot = [f for f in (_get(cfg, "questions.formats") or []) if isinstance(f, str) and f.endswith("_fewshot")]
+    exemplars = _get(cfg, "questions.exemplars")
+    if fewshot and not (isinstance(exemplars, list) and exemplars and all(
+            isinstance(e, dict) and {"question", "cot", "answer"} <= set(e) for e in exemplars)):
+        errors.append(f"  questions.exemplars is invalid: formats {fewshot} need exemplars with question, cot, answer")
+    rounds, stages = _get(cfg, "rounds"), _get(cfg, "stages")
+    if _int(rounds) and rounds > 1 and not (isinstance(stages, list) and "train" in stages):
+        errors.append(f"  rounds={rounds} is invalid without the train stage: each round's export is the next "
+                      f"round's model (stages={stages!r})")
+    if _get(cfg, "voting.reflect") is True:
+        rp = _get(cfg, "voting.reflect_prompt")
+        if not (isinstance(rp, str) and "{question}" in rp and "{response}" in rp):
+            errors.append(f"  voting.reflect_prompt={rp!r} is invalid: expected a string with {{question}} and {{response}}")
+    return errors
+
+
 EMBEDDING_DEDUP_RULES: dict[str, Rule] = {
     "dedup.threshold": float_in(0.0, 1.0),
     "dedup.max_attempts": int_at_least(0),
@@ -267,6 +309,7 @@ def validate(cfg: DictConfig) -> None:
             errors.append(f"  {key}={value!r} is invalid: expected {rule.allowed}")
     if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
         errors.append(f"  stages={stages!r} is invalid: expected a non-empty list drawn from {list(STAGES)}")
+    errors += _questions_errors(cfg)
     errors += _train_errors(cfg) if training else []
     errors += _benchmark_errors(cfg) if evaluating else []
     if errors:
@@ -291,7 +334,7 @@ def _train_errors(cfg: DictConfig) -> list[str]:
 
 # Bump when the generate-stage code changes its output for the same config (cleaning rules, prompts
 # rendering, extraction), so cached data made by older code is not reused.
-SYNTH_CODE_VERSION = 1
+SYNTH_CODE_VERSION = 2
 # Everything that changes the generated data; paths, logging and later stages are left out.
 SYNTH_KEYS = ("teacher", "backend", "questions", "sampling", "dedup", "voting", "seed")
 # Keys inside those that only change speed or placement, never the data.

@@ -44,6 +44,25 @@ def _eval(cfg: DictConfig, tracker: Tracker) -> dict:
 STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval}
 
 
+def _run_rounds(cfg: DictConfig) -> dict:
+    from crescent.rounds import run_rounds
+
+    validate(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"status": "running", "rounds": int(cfg.rounds), "started": time.time()}
+    write_json(run_dir / "status.json", status)
+    try:
+        result = run_rounds(cfg, run)
+    except BaseException as e:
+        status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        write_json(run_dir / "status.json", status)
+        raise
+    write_json(run_dir / "status.json", {**status, "status": "ok", "finished": time.time()})
+    log.info("rounds summary: %s", run_dir / "rounds" / "summary.md")
+    return {"rounds": result}
+
+
 def objective(cfg: DictConfig, results: dict) -> float | None:
     """The value of cfg.optimized_metric ('<stage>/<metric>', e.g. 'eval/gsm8k/flexible-extract'), which
     the Optuna sweeper maximises or minimises; None when no metric is named."""
@@ -61,8 +80,10 @@ def objective(cfg: DictConfig, results: dict) -> float | None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Validate, then run cfg.stages in order. Returns {stage: result}. Raises on failure after
-    writing status.json = failed with the traceback."""
+    """Validate, then run cfg.stages in order (cfg.rounds times when > 1, see crescent.rounds).
+    Returns {stage: result}. Raises on failure after writing status.json = failed with the traceback."""
+    if int(cfg.get("rounds", 1) or 1) > 1:
+        return _run_rounds(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crescent.backends.base import Backend
-from crescent.synth.prompts import fill, user_chat
 from crescent.synth.questions import decoding
 from crescent.synth.voting import extract_answer
 from crescent.utils.io import read_json, write_json
@@ -18,8 +17,13 @@ from crescent.utils.seeding import derive_seed
 
 def answer_chunk(cfg: DictConfig, backend: Backend, questions: list[dict], chunk_idx: int) -> dict:
     t0 = time.perf_counter()
+    from dataclasses import replace
+
+    from crescent.synth.sources import answer_prompt
+
     params = decoding(cfg.sampling.answer, n=int(cfg.voting.k))
-    prompts = [user_chat(fill(cfg.questions.answer_prompt, question=q["text"])) for q in questions]
+    params = replace(params, stop=tuple(cfg.questions.get("answer_stop") or ()))
+    prompts = [answer_prompt(cfg.questions, q["text"]) for q in questions]
     outs = backend.generate(prompts, params, seed=derive_seed(cfg.seed, "answer", chunk_idx))
     rows = [{"id": q["id"], "question": q["text"], "responses": resp, "answers": [extract_answer(r) for r in resp]}
             for q, resp in zip(questions, outs)]

@@ -81,14 +81,21 @@ def _generate_into(cfg: DictConfig, workdir: Path) -> dict:
     questions, records = generate_questions(cfg, workdir, lazy.backend, lazy.embed)
     write_jsonl(workdir / "questions.jsonl", questions)
     answered = answer_questions(cfg, workdir, questions, lazy.backend)
+    reflect_counts = {}
+    if cfg.voting.get("reflect", False):
+        from crescent.synth.reflect import reflect
+
+        answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend)
     write_jsonl(workdir / "answers.jsonl", answered)
-    rows, vote_counts = build_sft_rows(answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement),
-                                       seed=int(cfg.seed))
+    rows, vote_counts = build_sft_rows(
+        answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement), seed=int(cfg.seed),
+        keep=cfg.voting.get("keep", "first"), formats=list(cfg.questions.get("formats") or ["chat"]),
+        exemplars=[dict(e) for e in cfg.questions.get("exemplars") or []])
     write_jsonl(workdir / "sft.jsonl", rows)
     write_jsonl(workdir / "rejections.jsonl", [r for rec in records for r in rec["rejections"]])
     t_q = sum(r["seconds"] for r in records)
     t_a = sum(read_json(p)["seconds"] for p in sorted((workdir / "answers").glob("chunk_*.json")))
-    manifest = _manifest(cfg, records, questions, answered, vote_counts, t_q, t_a)
+    manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts}, t_q, t_a)
     write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
     return manifest
 

@@ -51,11 +51,13 @@ def run_round(cfg: DictConfig, backend: Backend, embed, index, round_idx: int, n
     """One round of bait calls; returns a JSON-able record (raw, clean rejections, dedup outcome)."""
     from crescent.synth.dedup import dedup_with_rewrites
 
+    from crescent.synth.sources import round_prompts
+
     t0 = time.perf_counter()
     params = decoding(cfg.sampling.question)
-    outs = backend.generate([user_chat(cfg.questions.prompt)] * n_calls, params,
-                            seed=derive_seed(cfg.seed, "bait", round_idx))
-    raw = [{"id": f"q{round_idx:05d}-{c:03d}-{s:03d}", "text": t}
+    prompts, meta = round_prompts(cfg, round_idx, n_calls)
+    outs = backend.generate(prompts, params, seed=derive_seed(cfg.seed, "bait", round_idx))
+    raw = [{"id": f"q{round_idx:05d}-{c:03d}-{s:03d}", "text": t, **meta[c]}
            for c, samples in enumerate(outs) for s, t in enumerate(samples)]
     clean = _cleaner(cfg)
     ids, texts, rejected = [], [], []
@@ -109,9 +111,12 @@ def generate_questions(cfg: DictConfig, workdir: Path, get_backend: Callable[[],
     """Run bait rounds until num_questions are accepted or the call budget is spent.
 
     Completed rounds are replayed from disk (resume); the accepted list is truncated to num_questions.
-    Returns (accepted questions in order, round records).
+    Returns (accepted questions in order, round records). questions.source=dataset reads them instead.
     """
     from crescent.synth.dedup import DedupIndex
+
+    if cfg.questions.get("source", "bait") == "dataset":
+        return dataset_round(cfg, workdir, get_embed)
 
     (workdir / "rounds").mkdir(parents=True, exist_ok=True)
     target = cfg.sampling.num_questions
@@ -145,3 +150,36 @@ def generate_questions(cfg: DictConfig, workdir: Path, get_backend: Callable[[],
         bar.set_postfix(raw=sum(len(r["raw"]) for r in records), accepted=len(accepted))
     bar.close()
     return (accepted[:target] if target else accepted), records
+
+
+def dataset_round(cfg: DictConfig, workdir: Path, get_embed: Callable[[], Callable]) -> tuple[list[dict], list[dict]]:
+    """LMSI: the first num_questions questions of the unlabeled dataset, as one round (dedup without
+    rewrites when dedup is on: real questions are dropped, not rewritten)."""
+    from crescent.synth.dedup import DedupIndex, dedup_with_rewrites
+    from crescent.synth.sources import dataset_questions
+
+    json_path, _ = _round_paths(workdir, 0)
+    if json_path.exists():
+        record = read_json(json_path)
+        return record["accepted"], [record]
+    t0 = time.perf_counter()
+    offset = int(cfg.questions.dataset.get("offset", 0))
+    texts = dataset_questions(cfg.questions)
+    target = cfg.sampling.num_questions
+    texts = texts[:target] if target else texts
+    ids = [f"d{offset + i:06d}" for i in range(len(texts))]
+    record = {"round": 0, "calls": 0, "raw": [{"id": i, "text": t} for i, t in zip(ids, texts)], "rejections": [],
+              "rewrites": 0}
+    if cfg.dedup.name == "none":
+        record["accepted"] = [{"id": i, "text": t, "origin_id": i, "attempt": 0} for i, t in zip(ids, texts)]
+    else:
+        index = DedupIndex(384, backend=cfg.dedup.index, exact_max=int(cfg.dedup.exact_max))
+        out = dedup_with_rewrites(ids, texts, index, get_embed(), lambda pairs, attempt: [], max_attempts=0,
+                                  threshold=float(cfg.dedup.threshold), clean=lambda t: (t, None))
+        record["accepted"] = [{"id": a.id, "text": a.text, "origin_id": a.origin_id, "attempt": a.attempt}
+                              for a in out.accepted]
+        record["rejections"] = [_rejection_row(r) for r in out.rejections]
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    (workdir / "rounds").mkdir(parents=True, exist_ok=True)
+    write_json(json_path, record)
+    return record["accepted"], [record]

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any, Sequence
 
+from crescent.synth.formats import format_messages
 from crescent.synth.voting import answers_equal, majority_vote
 from crescent.utils.seeding import derive_seed
 
 
-def build_sft_rows(answered: list[dict], tie: str, min_agreement: float, seed: int) -> tuple[list[dict], dict]:
+def build_sft_rows(answered: list[dict], tie: str, min_agreement: float, seed: int, keep: str = "first",
+                   formats: Sequence[str] = ("chat",), exemplars: Sequence[Any] = ()) -> tuple[list[dict], dict]:
     """Vote each question; keep those with a majority at >= min_agreement.
 
-    The assistant turn is the first sampled response whose answer equals the majority.
-    Returns (rows, counts) where counts says why questions were dropped.
+    keep=first: the assistant turn is the first sampled response whose answer equals the majority;
+    keep=all_agreeing (LMSI): every such response. Each kept response gives one row per format
+    (crescent.synth.formats). Returns (rows, counts) where counts says why questions were dropped.
     """
     rows, counts = [], Counter()
     for item in answered:
@@ -25,18 +29,30 @@ def build_sft_rows(answered: list[dict], tie: str, min_agreement: float, seed: i
         if vote.agreement < min_agreement:
             counts["dropped_below_min_agreement"] += 1
             continue
-        chosen = next(i for i, a in enumerate(answers) if answers_equal(a, vote.answer))
-        rows.append({
-            "id": item["id"],
-            "messages": [{"role": "user", "content": item["question"]},
-                         {"role": "assistant", "content": item["responses"][chosen]}],
-            "question": item["question"],
-            "answer": vote.answer,
-            "votes": answers,
-            "count": vote.count,
-            "k": vote.k,
-            "agreement": vote.agreement,
-            "response_index": chosen,
-        })
+        agreeing = [i for i, a in enumerate(answers) if answers_equal(a, vote.answer)]
+        responses, majority = list(item["responses"]), vote.answer
+        reflection = item.get("reflection")
+        if reflection and reflection.get("outcome") == "revised":  # the model corrected its majority answer
+            responses.append(reflection["text"])
+            agreeing, majority = [len(responses) - 1], reflection["answer"]
+        counts["kept_questions"] += 1
+        for chosen in agreeing if keep == "all_agreeing" else agreeing[:1]:
+            counts["kept_responses"] += 1
+            for fmt in formats:
+                suffix = "" if keep == "first" and len(formats) == 1 else f"-r{chosen}" + (
+                    "" if len(formats) == 1 else f"-{fmt}")
+                rows.append({
+                    "id": item["id"] + suffix,
+                    "messages": format_messages(fmt, item["question"], responses[chosen], majority, exemplars),
+                    "question": item["question"],
+                    "answer": majority,
+                    "votes": answers,
+                    "count": vote.count,
+                    "k": vote.k,
+                    "agreement": vote.agreement,
+                    "response_index": chosen,
+                    "format": fmt,
+                    **({"reflection": reflection["outcome"]} if reflection else {}),
+                })
     counts["kept"] = len(rows)
     return rows, dict(counts)
