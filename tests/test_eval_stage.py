@@ -135,3 +135,11 @@ def test_callback_scores_the_live_model_and_restores_train_mode(make_cfg):
     assert [step for step, _ in logged] == [20, 40]
     assert set(logged[0][1]) == {"eval_live/arc_challenge/acc", "eval_live/arc_challenge/acc_norm"}
     assert eval_callbacks(make_cfg(*TINY)) == []
+
+
+def test_each_benchmark_runs_at_its_own_shot_counts(make_cfg):
+    cfg = make_cfg("eval=all")
+    plan = eval_stage.shot_plan(eval_stage.selected_benchmarks(cfg.eval), cfg.eval.num_fewshot)
+    assert set(plan) == {0, 5}
+    assert set(plan[5]) == {"gsm8k", "asdiv", "gsm_plus_mini"}  # general benchmarks zero-shot only
+    assert {"mmlu", "truthfulqa_mc1", "gsm8k"} <= set(plan[0])
