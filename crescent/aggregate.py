@@ -204,14 +204,14 @@ def _fmt(cell: tuple[float, float | None] | None) -> str:
 
 def to_markdown(table: dict) -> str:
     cols = table["columns"]
-    header = ["configuration", "seeds", "questions", "SFT rows"] + [f"{c} (%)" for c in cols]
+    header = ["configuration", "runs", "questions", "SFT rows"] + [f"{c} (%)" for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for r in table["rows"]:
         nums = ["–" if r[k] is None else f"{r[k]:.0f}" for k in ("questions", "sft_rows")]
         lines.append("| " + " | ".join([r["label"], str(r["n"]), *nums, *(_fmt(r["cells"].get(c)) for c in cols)]) + " |")
     text = "\n".join(lines)
     text += (f"\n\nScores: `{table['score']}` for generation tasks, `{table['mc_metric']}` for multiple choice; "
-             "mean ± std over seeds, in %. Rows `base:` are the untrained student.\n")
+             "mean ± std over runs (seeds), in %. Rows `base:` are the untrained student.\n")
     if table["failed"]:
         text += "\nFailed or unfinished jobs (rerun with `python experiments/rerun_failed.py <sweep dir>`):\n\n"
         text += "\n".join(f"- `{Path(j.dir).name}` ({j.status}): {' '.join(j.overrides)} — {j.error}"
@@ -222,7 +222,7 @@ def to_markdown(table: dict) -> str:
 def to_csv(table: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["configuration", "seeds", "questions", "sft_rows"] + [f"{c} {s}" for c in table["columns"] for s in ("mean", "std")])
+    w.writerow(["configuration", "runs", "questions", "sft_rows"] + [f"{c} {s}" for c in table["columns"] for s in ("mean", "std")])
     for r in table["rows"]:
         cells = [v for c in table["columns"] for v in (r["cells"].get(c) or (None, None))]
         w.writerow([r["label"], r["n"], r["questions"], r["sft_rows"], *cells])
