@@ -11,7 +11,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 
 from crescent.synth.formats import FORMATS
 
-STAGES = ("generate", "train", "eval")
+STAGES = ("generate", "train", "eval", "gap")
 TRAIN = ("sft", "distil", "lora")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -22,7 +22,7 @@ BACKENDS = ("hf", "vllm", "fast")
 MODEL_SOURCES = ("embedded", "tiny", "hub")
 DEDUP = ("embedding", "none")
 DEDUP_INDEX = ("exact", "faiss", "hnsw", "auto")
-VOTING = ("majority", "single")
+VOTING = ("majority", "single", "lmsi")
 TIE_POLICIES = ("first", "random", "drop")
 LOGGERS = ("none", "csv", "wandb")
 DTYPES = (None, "float32", "bfloat16", "float16", "auto", "bf16_if_fast")
@@ -312,6 +312,14 @@ def validate(cfg: DictConfig) -> None:
     errors += _questions_errors(cfg)
     errors += _train_errors(cfg) if training else []
     errors += _benchmark_errors(cfg) if evaluating else []
+    from crescent.verify.checks import verify_errors
+
+    verify = _get(cfg, "verify")
+    errors += [] if verify is _MISSING else verify_errors(verify)
+    if isinstance(stages, list) and "gap" in stages:
+        from crescent.gap.checks import gap_errors
+
+        errors += gap_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(errors))
 

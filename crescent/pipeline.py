@@ -41,7 +41,13 @@ def _eval(cfg: DictConfig, tracker: Tracker) -> dict:
     return run(cfg, tracker)
 
 
-STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval}
+def _gap(cfg: DictConfig, tracker: Tracker) -> dict:
+    from crescent.gap.stage import run
+
+    return run(cfg, tracker)
+
+
+STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval, "gap": _gap}
 
 
 def _run_rounds(cfg: DictConfig) -> dict:
@@ -91,6 +97,11 @@ def run(cfg: DictConfig) -> dict:
     except ConfigError as e:  # recorded, so sweep aggregation lists the job with its error
         write_json(run_dir / "status.json", {"status": "failed", "error": f"ConfigError: {e}", "stages": []})
         raise
+    from crescent.utils.io import ensure_writable
+
+    ensure_writable(run_dir, "paths.output_dir")
+    if "generate" in cfg.stages and cfg.get("cache_synth", True):
+        ensure_writable(cfg.paths.synth_cache, "paths.synth_cache")
     status = {"status": "running", "stages": list(cfg.stages), "done": [], "started": time.time()}
     write_json(run_dir / "status.json", status)
     if cfg.get("print_config", False):

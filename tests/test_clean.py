@@ -1,11 +1,13 @@
 """Cleaning raw bait samples: keep the maths, strip the chat wrapping, reject with a reason."""
+import re
 import time
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crescent.synth.clean import REASONS, Cleaned, clean_question
+from crescent.synth.clean import REASONS, Cleaned, _clean, clean_question
 
 KEPT = [
     # (raw sample, expected clean question)
@@ -165,14 +167,30 @@ def test_pathological_inputs_are_fast(raw):
     assert time.perf_counter() - start < 1.0
 
 
-@settings(max_examples=300, deadline=None)
+# pieces of hostile output: chat wrapping, special tokens, invisible characters, LaTeX, code, templates
+HOSTILE = st.sampled_from([
+    "Sure! ", "Here's a problem:", "**Problem:**", "### Title\n", "> ", "\"", "“", "”", "*", "**", "__", "`", "```",
+    "\n", " ", "\t", "How many apples are left?", "What is x", "?", "Find y.", "Solution:", "Answer: 8", "#### 8",
+    "\\boxed{4}", "\\frac{1}{2}", "<|im_end|>", "<|eot_id|>", "[INST]", "</s>", "\x00", "\x1b[31m", "\x85",
+    "\u200b", "\u202e", "\ufeff", "٣", "３", "−5", "$12.50", "45%", "1 000", "{question}", "{{7*7}}", "${x}",
+    "%(x)s", "$(touch x)", "__import__('os').system('touch x')", "Ignore previous instructions. ", "word ",
+])
+
+
+@settings(max_examples=400, deadline=None)
 @given(st.one_of(
     st.text(),
     st.text(alphabet="Here's a problem:*#_>\"“”?!.\n 0123456789$/%-=SolutinAswerStep1####", max_size=300),
+    st.lists(HOSTILE, max_size=40).map("".join),
 ))
 def test_clean_never_raises(raw):
     out = clean_question(raw)
+    assert out == _clean(raw, 5, 1000, True)  # the except-all safety net in clean_question is never needed
     assert (out.question is None) != (out.reason is None)
     assert out.reason is None or out.reason in REASONS
     if out.question is not None:
-        assert out.question == out.question.strip() and "  " not in out.question and "\n" not in out.question
+        q = out.question
+        assert q == q.strip() and "  " not in q and "\n" not in q
+        assert len(q) <= 1000 and sum(any(c.isalnum() for c in w) for w in q.split()) >= 5
+        assert "####" not in q and "\\boxed" not in q and not re.search(r"<\|[^|]*\|>", q)  # no leaks, no tokens
+        assert not any(unicodedata.category(c) in ("Cc", "Cf") for c in q)  # nothing invisible survives

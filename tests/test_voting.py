@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crescent.synth import voting
-from crescent.synth.voting import TIE_POLICIES, Vote, answers_equal, extract_answer, majority_vote
+from crescent.synth.voting import (INVALID_REASONS, TIE_POLICIES, Vote, answers_equal, extract_answer, is_canonical,
+                                   majority_vote, parse_answer)
 
 CANONICAL = re.compile(r"^-?\d+(\.\d+)?(/\d+)?$")
 
@@ -133,14 +134,39 @@ def test_injection_is_never_executed(tmp_path, monkeypatch):
     assert seen and all(CANONICAL.match(s) for s in seen)  # math_verify only ever sees validated numbers
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.parametrize("s", ["0", "12", "-12", "12.5", "0.05", "-0.5", "1/3", "-2/3", "602000000000000000000000"])
+def test_is_canonical(s):
+    assert is_canonical(s) and extract_answer(f"#### {s}") == s
+
+
+@pytest.mark.parametrize("s", ["-0", "+5", "012", "12.50", "12.", ".5", "1/2", "2/6", "3/1", "0/3", "1.5/2", "1e5",
+                               " 1", "1,000", "٣", "−5", "", None, 5, "0.0", "-0.0"])
+def test_is_not_canonical(s):
+    assert not is_canonical(s)
+
+
+# pieces of hostile output: unicode digits and minus signs, LaTeX, markers, grouping, exponents, code
+HOSTILE = st.sampled_from([
+    "#### ", "####", "\\boxed{", "}", "{", "\\frac{", "\\dfrac", "\\sqrt{", "\\pi", "π", "√", "^", "**", "e",
+    "E-", "× 10^", "The answer is ", "Answer: ", "=", " ", "\n", ",", ".", "/", "%", "$", "-", "−", "‒", "–",
+    "－", "+", "٣", "３", "۴", "४", "𝟒", "⁴", "0", "1", "7", "000", "nan", "inf", "∞", "\\infty", "undefined",
+    "__import__('os').system('touch x')", "eval(", "${", "{{", "}}", "%(x)s", "`", "$(", "\x1b[31m", "\u200b",
+])
+
+
+@settings(max_examples=400, deadline=None)
 @given(st.one_of(
     st.text(),
     st.text(alphabet="0123456789#$,./-−–{}\\ boxedfracinftyanswerisAnswer:%e^x×\n", max_size=200),
+    st.lists(HOSTILE, max_size=40).map("".join),
 ))
 def test_extract_answer_never_raises_and_is_canonical(text):
-    out = extract_answer(text)
-    assert out is None or CANONICAL.match(out)
+    parsed = parse_answer(text)
+    assert (parsed.value is None) != (parsed.reason is None)
+    assert parsed.reason in (None, *INVALID_REASONS) and parsed.reason != "error"
+    if parsed.value is not None:
+        assert is_canonical(parsed.value) and CANONICAL.match(parsed.value)
+        assert extract_answer(f"#### {parsed.value}") == parsed.value  # canonical answers read back unchanged
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,4 +1,6 @@
-"""Generation backends: `hf` (transformers, CPU/GPU) and `vllm` (GPU scale, imported only when chosen)."""
+"""Generation backends: `hf` (transformers, CPU/GPU), `fast` (continuous-batching CPU) and `vllm` (GPU scale).
+
+Each is imported only when chosen."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +8,7 @@ from typing import Any, Mapping
 
 from crescent.backends.base import Backend, Prompt, SamplingParams
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "fast")
 
 
 def build_backend(
@@ -18,6 +20,10 @@ def build_backend(
         from crescent.backends.hf import HFBackend
 
         return HFBackend.from_config(backend_cfg, model_cfg, cache_dir)
+    if name == "fast":
+        from crescent.backends.fast import FastBackend
+
+        return FastBackend.from_config(backend_cfg, model_cfg, cache_dir)
     if name == "vllm":
         from crescent.backends.vllm import VLLMBackend
 

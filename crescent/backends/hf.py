@@ -1,6 +1,13 @@
-"""Generation with transformers `model.generate`: CPU or a single GPU, batched with left padding."""
+"""Generation with transformers `model.generate`: CPU or a single GPU, batched with left padding.
+
+Out of memory in a batch halves the batch size for the rest of that call and retries (down to 1).
+Greedy outputs do not depend on the batch size; sampled ones are seeded per batch, so they then
+depend on where memory ran out.
+"""
 from __future__ import annotations
 
+import gc
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -10,6 +17,15 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StopStringCriteria, StoppingCriteriaList
 
 from crescent.backends.base import Prompt, SamplingParams
+
+log = logging.getLogger(__name__)
+_OOM_MESSAGES = ("out of memory", "DefaultCPUAllocator: can't allocate memory")
+
+
+def is_oom(err: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA) or the RuntimeError a CPU allocation failure raises."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(err, oom_type) or (isinstance(err, RuntimeError) and any(m in str(err) for m in _OOM_MESSAGES))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -142,19 +158,24 @@ class HFBackend:
         kwargs = self._generate_kwargs(params)
         new_tokens, start = 0, time.perf_counter()
         bar = tqdm(total=len(rows), desc="generate", unit="seq", disable=None, leave=False)
-        for batch_index, lo in enumerate(range(0, len(order), self.batch_size)):
-            batch_rows = order[lo : lo + self.batch_size]
-            batch = self._left_pad([encoded[rows[r]] for r in batch_rows])
-            # seeded per batch: outputs depend only on (prompts, params, seed, batch_size)
-            sampler = [] if greedy else [self._sampler(params, seed + batch_index)]
-            with torch.random.fork_rng(devices=self._rng_devices()):
-                torch.manual_seed(seed + batch_index)
-                out = self.model.generate(**batch, **kwargs, logits_processor=LogitsProcessorList(sampler))
-            new_ids = out[:, batch["input_ids"].shape[1] :]
-            decoded = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        lo, batch_index, size = 0, 0, self.batch_size
+        while lo < len(order):
+            batch_rows = order[lo : lo + size]
+            try:
+                decoded, n_new = self._generate_batch([encoded[rows[r]] for r in batch_rows], params, kwargs,
+                                                      seed + batch_index, greedy)
+            except RuntimeError as err:
+                if not is_oom(err) or size == 1:
+                    raise
+                size = max(1, len(batch_rows) // 2)
+                log.warning("out of memory generating %d sequences; retrying with batch size %d for this call",
+                            len(batch_rows), size)
+                self._free_memory()
+                continue
             for r, text in zip(batch_rows, decoded):
                 texts[r] = cut_at_stop(text, params.stop)
-            new_tokens += self._count_new_tokens(new_ids)
+            new_tokens += n_new
+            lo, batch_index = lo + len(batch_rows), batch_index + 1
             bar.update(len(batch_rows))
             bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
         bar.close()
@@ -163,6 +184,22 @@ class HFBackend:
         for r, i in enumerate(rows):
             results[i].append(texts[r])
         return [res * params.n if greedy else res for res in results]
+
+    def _generate_batch(self, ids: list[list[int]], params: SamplingParams, kwargs: dict[str, Any], seed: int,
+                        greedy: bool) -> tuple[list[str], int]:
+        """(decoded new text per row, new tokens) of one left-padded batch, seeded by `seed`."""
+        batch = self._left_pad(ids)
+        sampler = [] if greedy else [self._sampler(params, seed)]
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(seed)
+            out = self.model.generate(**batch, **kwargs, logits_processor=LogitsProcessorList(sampler))
+        new_ids = out[:, batch["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), self._count_new_tokens(new_ids)
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if str(self.device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _sampler(self, params: SamplingParams, seed: int) -> FastSampler:
         generator = torch.Generator(device=self.device).manual_seed(seed)

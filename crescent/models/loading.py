@@ -80,6 +80,9 @@ def _not_available_message(model_cfg: Mapping[str, Any], reason: str) -> str:
 
 def _hub_kwargs(model_cfg: Mapping[str, Any], model_dir: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg.get("trust_remote_code") or False)}
+    if kwargs["trust_remote_code"]:
+        log.warning("model %r sets trust_remote_code=true: Python code shipped with %s will run on this machine",
+                    model_cfg.get("name"), model_dir)
     if model_cfg.get("revision") and not Path(model_dir).is_dir():
         kwargs["revision"] = model_cfg["revision"]
     return kwargs

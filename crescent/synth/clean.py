@@ -3,9 +3,10 @@
 The maths is never touched: ``$12.50``, ``3/4``, ``-5``, ``2x + 3 = 11``, ``45%``, ``(3 + 4) × 2``,
 ``€`` and ``π`` survive unchanged (the authors' regex deleted ``$ % / + - = ( )`` and non-ASCII).
 Only chat wrapping is removed: preambles ("Sure! Here's a ... problem:", "**Problem:**", a title
-heading, an intro clause such as "A simple yet profound math problem:"), markdown emphasis markers, wrapping quotes, special tokens, and -- once the text already
-asks something -- everything from a solution/answer section ("Solution:", "Answer:", "####",
-"Step 1:", "To solve this ...") or closing chatter ("Good luck!", "Hint: ...") onwards.
+heading, an intro clause such as "A simple yet profound math problem:"), markdown emphasis markers,
+wrapping quotes, special tokens, control and invisible characters (zero-width, bidi overrides), and
+-- once the text already asks something -- everything from a solution/answer section ("Solution:",
+"Answer:", "####", "Step 1:", "To solve this ...") or closing chatter ("Good luck!", "Hint: ...") onwards.
 Whitespace is collapsed to single spaces.
 
 Rejection reasons (`REASONS`), checked in this order:
@@ -25,6 +26,7 @@ Rejection reasons (`REASONS`), checked in this order:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 REASONS = ("empty", "not_text", "too_short", "too_long", "answer_leak", "not_a_question")
@@ -34,6 +36,7 @@ _MIN_LETTER_SHARE = 0.2
 
 _SPECIAL_TOKENS = re.compile(r"<\|[^|<>\n]{0,60}\|>|</?s>|\[/?INST\]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INVISIBLE = ("Cc", "Cf", "Cs")  # controls; zero-width and bidi overrides ("Trojan Source"); lone surrogates
 _LINE_START = r"(?:^|(?<=\n)|(?<=[.!?:])[ \t]+)[ \t>#*_-]*"  # start of a line or of a sentence
 
 _PREAMBLES = [re.compile(p, re.I) for p in (
@@ -155,6 +158,8 @@ def clean_question(text: str, *, min_words: int = 5, max_chars: int = 1000,
 def _clean(text: str, min_words: int, max_chars: int, require_question: bool) -> Cleaned:
     text = _SPECIAL_TOKENS.sub(" ", text[:_MAX_INPUT]).replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
+    if not text.isascii():
+        text = "".join(c for c in text if c.isspace() or unicodedata.category(c) not in _INVISIBLE)
     text = re.sub(r"(?m)^[ \t]*>[ \t]?", "", text)  # blockquote markers
     text = _strip_preamble(text)
     text = _cut_tail(text)

@@ -8,23 +8,24 @@ generation config.
 from __future__ import annotations
 
 import logging
-import shutil
+import platform
 import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import config_hash, synth_config
 from crescent.synth.answers import answer_questions
 from crescent.synth.questions import generate_questions
 from crescent.synth.sft import build_sft_rows
-from crescent.utils.io import read_json, write_json, write_jsonl
+from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("manifest.json", "questions.jsonl", "sft.jsonl", "rejections.jsonl", "answers.jsonl")
+PACKAGES = ("crescent", "torch", "transformers", "lm_eval", "numpy", "sentence-transformers", "vllm")
 
 
 def synth_workdir(cfg: DictConfig) -> Path:
@@ -53,6 +54,58 @@ class _Lazy:
         return self._embed
 
 
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _model_dir(model_cfg: DictConfig, cache_dir: str) -> Path | None:
+    """The folder the weights load from: local/embedded/tiny, or a hub id's cached snapshot (None if neither)."""
+    from crescent.models.loading import resolve_model_dir
+
+    resolved = Path(resolve_model_dir(model_cfg, cache_dir))
+    if resolved.is_dir():
+        return resolved
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(resolved), revision=model_cfg.get("revision"), local_files_only=True))
+    except Exception:  # not in the local hub cache (a vLLM-only or remote model): recorded as unknown
+        return None
+
+
+def _weights(model_cfg: DictConfig, cache_dir: str) -> dict:
+    """sha256 of each safetensors file of the model (memoised by path, size and mtime: cheap after the first)."""
+    from crescent.models.embedded import file_sha256
+
+    folder = _model_dir(model_cfg, cache_dir)
+    files = sorted(folder.glob("*.safetensors")) if folder else []
+    return {"name": model_cfg.name, "dir": str(folder) if folder else None,
+            "sha256": {f.relative_to(folder).as_posix(): file_sha256(f, cache_dir) for f in files}}
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that needs a running Hydra app (paths.output_dir): keep it as written
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def provenance(cfg: DictConfig) -> dict:
+    """What produced the data: package versions, git commit, teacher weight hashes, the resolved config."""
+    from crescent.utils.tracking import git_commit
+
+    return {"versions": _versions(), "git_commit": git_commit(),
+            "teacher_weights": _weights(cfg.teacher, str(cfg.paths.cache_dir)), "config": _resolved(cfg)}
+
+
 def _manifest(cfg: DictConfig, records: list[dict], questions: list[dict], answered: list[dict],
               vote_counts: dict, t_questions: float, t_answers: float) -> dict:
     rejected = Counter(f"{r['stage']}/{r['reason']}" for rec in records for r in rec["rejections"])
@@ -73,6 +126,7 @@ def _manifest(cfg: DictConfig, records: list[dict], questions: list[dict], answe
         },
         "timings_s": {"questions": round(t_questions, 2), "answers": round(t_answers, 2)},
         "synth_config": synth_config(cfg),
+        "provenance": provenance(cfg),
     }
 
 
@@ -117,7 +171,7 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir) / "synth"
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
-        shutil.copyfile(workdir / name, out / name)
+        copy_file(workdir / name, out / name)
     manifest["cache_dir"] = str(workdir)
     manifest["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "manifest.json", manifest)

@@ -2,13 +2,21 @@
 
 `extract_answer` turns a model response into a canonical number string (regex `CANONICAL`):
 ``-?\\d+(\\.\\d+)?(/\\d+)?`` -- exact decimals where the value terminates (``3/4`` -> ``"0.75"``,
-``12.50`` -> ``"12.5"``), else a reduced fraction (``"1/3"``). Evidence, strongest first:
+``12.50`` -> ``"12.5"``), else a reduced fraction (``"1/3"``); no ``+``, no leading or trailing zeros,
+zero is ``"0"`` (never ``"-0"``). Unicode digits (``٣``, ``３``) and minus signs (``−``, ``‒``, ``–``)
+are read, ANSI escapes dropped. Evidence, strongest first:
 
 1. the last ``####`` marker followed by a number (``#### 42``, ``#### Answer: $1,250.00``);
 2. the last ``\\boxed{...}`` (nested braces, ``\\frac``/``\\dfrac``/``\\tfrac``);
 3. the last "The answer is N" / "final answer is N" / "Answer: N" (LMSI style);
 4. the last number in the final 4,000 characters, skipping exponents (``x^2``), ``Step 3`` and
    list markers (``1.``) when a better candidate exists.
+
+A marker (1-3) whose content is not a finite number ends the search with no answer instead of
+falling back to earlier numbers: ``#### NaN`` / ``\\boxed{\\infty}`` / "the answer is undefined"
+(reason ``non_finite``), and unevaluated maths such as ``\\boxed{2\\sqrt{2}}``, ``4\\pi``, ``2^{10}``,
+``#### 5 + 3`` (reason ``symbolic``; ``\\sqrt{16}`` of a perfect square is read as ``4``).
+`parse_answer` returns the value or the reason (`INVALID_REASONS`); `extract_answer` the value only.
 
 Security: model text is data; nothing here evals it. `math_verify.parse` (0.9.0) regex-searches
 plain text for a number or a digit/operator expression (``[\d.\s+\-*×/^()÷]``) and hands the
@@ -17,6 +25,7 @@ gives ``[]``. `answers_equal` therefore calls it only with strings matching `CAN
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -28,6 +37,9 @@ from typing import Sequence
 
 TIE_POLICIES = ("first", "random", "drop")
 CANONICAL = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?", re.ASCII)
+# why a response has no answer: not a string; blank; the final marker holds NaN/inf/undefined; it holds
+# unevaluated maths (a root, pi, a power, an operator); no usable number at all; a bug (never expected)
+INVALID_REASONS = ("not_text", "empty", "non_finite", "symbolic", "no_number", "error")
 
 _TAIL_CHARS = 4000  # fallbacks only look at the end of a response
 _MARKER_CHARS = 300  # how far after a marker the answer may sit
@@ -35,19 +47,26 @@ _MAX_DIGITS = 60  # longer digit runs are not answers (and int() has a 4300-digi
 _MAX_EXP = 30  # 1e3 is an answer; 1e400 is not
 
 _SEP = r"[ \u00a0\u2009\u202f]"  # thousands separators written as spaces
+_MINUS = "-\u2212\u2012\u2013\ufe63\uff0d"  # hyphen, minus sign, figure/en dash, small/fullwidth hyphen
+_TO_HYPHEN = str.maketrans(dict.fromkeys(_MINUS[1:], "-"))
 
 
 def _number_regex(space_groups: bool) -> re.Pattern:
-    grouped = r"\d{1,3}(?:,\d{3})+(?!\d)|" + (r"\d{1,3}(?:" + _SEP + r"\d{3})+(?![\d/])|" if space_groups else "")
+    if space_groups:  # after a marker: "#### 1 250"
+        spaced = r"\d{1,3}(?:" + _SEP + r"\d{3})+(?![\d/])|"
+    else:  # free text: only "1 000 000" (a group with a leading 0) or groups that end a sentence ("is 1 250.")
+        spaced = (r"\d{1,3}(?:" + _SEP + r"\d{3})*" + _SEP + r"0\d\d(?:" + _SEP + r"\d{3})*(?![\d/])|"
+                  r"\d{1,3}(?:" + _SEP + r"\d{3})+(?=[.!?;:,)]?\s*$|[.!?;:,)]\s)|")
+    grouped = r"\d{1,3}(?:,\d{3})+(?!\d)|" + spaced
     return re.compile(
         r"(?<![\w.])"  # not glued to a word ("x2", "H2O") or to a previous decimal point
-        r"(?P<sign>[-\u2212\u2013])?(?:[$€£¥₹]\s?)?(?P<sign2>[-\u2212\u2013])?(?=\.?\d)"
+        r"(?P<sign>[" + _MINUS + r"])?(?:[$€£¥₹]\s?)?(?P<sign2>[" + _MINUS + r"])?(?=\.?\d)"
         r"(?:"
         r"(?P<mw>\d{1,6})[ \u00a0](?P<mn>\d{1,6})\s?/\s?(?P<md>\d{1,6})(?![\d/.])"  # mixed: 2 1/2
         r"|(?P<fn>\d+(?:\.\d+)?)\s?/\s?(?P<fd>\d+(?:\.\d+)?)(?![\d/])"  # fraction: 3/4
         r"|(?P<int>" + grouped + r"\d+)?(?P<dec>\.\d+)?"
         r"(?:[eE](?P<exp>[-+]?\d{1,3})(?!\w)"
-        r"|\s?(?:×|\\times|\\cdot|\*|·)\s?10\s?\^\s?\{?(?P<exp2>[-+\u2212]?\d{1,3})\}?)?"
+        r"|\s?(?:×|\\times|\\cdot|\*|·)\s?10\s?\^\s?\{?(?P<exp2>[-+" + _MINUS[1:] + r"]?\d{1,3})\}?)?"
         r")"
     )
 
@@ -55,8 +74,14 @@ def _number_regex(space_groups: bool) -> re.Pattern:
 _NUMBER = _number_regex(space_groups=True)  # after a marker: "#### 1 250" is 1250
 _LOOSE_NUMBER = _number_regex(space_groups=False)  # free text: "4 500-page books" is 4 and 500
 _NON_FINITE = re.compile(
-    r"^\W*(?:answer\W*)?(?:nan|[-+]?inf(?:inity)?|[-+]?∞|[-+]?\\infty|undefined)\b", re.I
+    r"^[^\w∞]*(?:answer\W*)?(?:nan|[-+" + _MINUS[1:] + r"]?(?:inf(?:inity)?|∞|\\infty)|undefined)(?!\w)", re.I
 )
+# unevaluated maths around the number read from a marker: 2\sqrt{2}, 4\pi, 2^{10}, 9**9, 5 + 3, \sqrt{2}
+_SYMBOLIC_AFTER = re.compile(r"\^|\*\*\s*\d|\s*(?:\\sqrt|√|\\pi|π)|\s*(?:[-+*×÷·/" + _MINUS[1:]
+                             + r"]|\\times|\\cdot|\\div)\s*[-(]?\.?\d")
+_SYMBOLIC_BEFORE = re.compile(r"(?:\\sqrt\s*(?:\[[^\]]*\])?\s*\{?|√|\^\s*\{?|\\pi\s*|π\s*)\s*$")
+_SQRT = re.compile(r"\\sqrt\s*\{\s*(\d{1,30})\s*\}|√\s*(\d{1,30})(?![\d.])")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _ANSWER_IS = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:|=)", re.I)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*)\}\s*\{\s*([^{}]*)\}")
@@ -106,6 +131,16 @@ def _canonical(x: Fraction) -> str:
     return f"{sign}{whole}.{frac}" if frac else f"{sign}{whole}"
 
 
+_STRICT = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d*[1-9])?|-?[1-9]\d*/[1-9]\d*", re.ASCII)
+
+
+def is_canonical(s: object) -> bool:
+    """Whether `s` is in the canonical form `extract_answer` returns (see the module docstring)."""
+    if not isinstance(s, str) or not _STRICT.fullmatch(s) or s == "-0":
+        return False
+    return "/" not in s or _canonical(Fraction(s)) == s  # a reduced, non-terminating fraction
+
+
 def _value(m: re.Match) -> Fraction | None:
     """The exact value of one `_NUMBER` match, or None if it is not a usable number."""
     g = m.groupdict()
@@ -121,7 +156,7 @@ def _value(m: re.Match) -> Fraction | None:
         value = _fraction((g["int"] or "0") + (g["dec"] or ""))
         exp = g["exp"] or g["exp2"]
         if value is not None and exp is not None:
-            e = int(_to_ascii_digits(exp).replace("\u2212", "-"))
+            e = int(_to_ascii_digits(exp).translate(_TO_HYPHEN))
             value = value * Fraction(10) ** e if abs(e) <= _MAX_EXP else None
     if value is not None and (g["sign"] or g["sign2"]):
         value = -value
@@ -130,6 +165,7 @@ def _value(m: re.Match) -> Fraction | None:
 
 def _delatex(s: str) -> str:
     """Rewrite the LaTeX that answers use into plain text numbers."""
+    s = _roots(s)
     if "\\" not in s and "{," not in s:
         return s
     s = _LATEX_WORD.sub(" ", s)
@@ -138,22 +174,52 @@ def _delatex(s: str) -> str:
     return _FRAC_SHORT.sub(lambda m: _spaced(m, f"{m.group(1)}/{m.group(2)}"), s)
 
 
+def _roots(s: str) -> str:
+    """'\\sqrt{16}' and '√16' -> '4' (perfect squares only, not after a digit: 2\\sqrt{16} stays)."""
+    if "sqrt" not in s and "√" not in s:
+        return s
+
+    def root(m: re.Match) -> str:
+        n = int(m.group(1) or m.group(2))
+        r = math.isqrt(n)
+        glued = m.start() and m.string[m.start() - 1].isdigit()
+        return str(r) if r * r == n and not glued else m.group(0)
+
+    return _SQRT.sub(root, s)
+
+
 def _spaced(m: re.Match, frac: str) -> str:
     """'2\\frac{1}{2}' -> '2 1/2' (mixed number) but '-\\frac{3}{4}' -> '-3/4'."""
     return f" {frac}" if m.start() and m.string[m.start() - 1].isdigit() else frac
 
 
-def _first_number(segment: str) -> str | None:
-    """The answer in a short segment after a marker: the first number after the last '=' if any."""
+@dataclass(frozen=True)
+class Parsed:
+    """The outcome of reading one response: a canonical number (reason None) or a reason (value None)."""
+
+    value: str | None
+    reason: str | None
+
+
+def _marker_answer(segment: str) -> Parsed | None:
+    """The answer in a short segment after a marker: the first number after the last '=' if any.
+
+    None when the segment holds no number; a Parsed reason when it holds NaN/inf or unevaluated maths."""
     segment = _delatex(segment)
     if "=" in segment:
         after = segment.rsplit("=", 1)[1]
-        if any(c.isdigit() for c in after):
+        if any(c.isdigit() for c in after) or _NON_FINITE.match(after):
             segment = after
+    if _NON_FINITE.match(segment):
+        return Parsed(None, "non_finite")
     for m in _NUMBER.finditer(segment):
         value = _value(m)
         if value is not None:
-            return _canonical(value)
+            symbolic = _SYMBOLIC_AFTER.match(segment, m.end()) or _SYMBOLIC_BEFORE.search(
+                segment, max(0, m.start() - 20), m.start())
+            if symbolic:
+                return Parsed(None, "symbolic")
+            return Parsed(_canonical(value), None)
     return None
 
 
@@ -167,16 +233,11 @@ def _is_weak(text: str, m: re.Match) -> bool:
     return at_line_start and text[m.end(): m.end() + 2] in (". ", ".\n", ") ", ".", ")")
 
 
-def _after_hashes(text: str) -> str | None:
+def _after_hashes(text: str) -> Parsed | None:
     parts = text.split("####")
-    if len(parts) == 1:
-        return None
-    for i, part in enumerate(reversed(parts[1:])):
-        lines = [line for line in part[:_MARKER_CHARS].splitlines() if line.strip()]
-        if i == 0 and lines and _NON_FINITE.match(lines[0]):
-            return None
-        for line in lines:  # "####\n\n42", "#### Answer:\n42"
-            answer = _first_number(line)
+    for part in reversed(parts[1:]):  # the last marker with any content decides
+        for line in part[:_MARKER_CHARS].splitlines():  # "####\n\n42", "#### Answer:\n42"
+            answer = _marker_answer(line) if line.strip() else None
             if answer is not None:
                 return answer
     return None
@@ -194,27 +255,24 @@ def _boxed_contents(text: str) -> list[str]:
     return out
 
 
-def _from_boxed(tail: str) -> str | None:
-    contents = _boxed_contents(tail)
-    if contents and _NON_FINITE.match(contents[-1]):
-        return None
-    for content in reversed(contents):
-        answer = _first_number(content)
+def _from_boxed(tail: str) -> Parsed | None:
+    for content in reversed(_boxed_contents(tail)):
+        answer = _marker_answer(content)
         if answer is not None:
             return answer
     return None
 
 
-def _from_answer_is(tail: str) -> str | None:
+def _from_answer_is(tail: str) -> Parsed | None:
     for m in reversed(list(_ANSWER_IS.finditer(tail))):
         segment = tail[m.end(): m.end() + _MARKER_CHARS].strip().split("\n", 1)[0]
-        answer = _first_number(segment)
+        answer = _marker_answer(segment)
         if answer is not None:
             return answer
     return None
 
 
-def _last_number(tail: str) -> str | None:
+def _last_number(tail: str) -> Parsed | None:
     tail = _delatex(tail)
     weak = None
     for m in reversed(list(_LOOSE_NUMBER.finditer(tail))):
@@ -222,32 +280,38 @@ def _last_number(tail: str) -> str | None:
         if value is None:
             continue
         if not _is_weak(tail, m):
-            return _canonical(value)
-        weak = weak or _canonical(value)
+            return Parsed(_canonical(value), None)
+        weak = weak or Parsed(_canonical(value), None)
     return weak
 
 
-def extract_answer(text: str) -> str | None:
-    """The final numeric answer of a response as a canonical number string, or None."""
-    if not isinstance(text, str) or not text.strip():
-        return None
+def parse_answer(text: str) -> Parsed:
+    """The final numeric answer of a response as a canonical number string, or why there is none."""
+    if not isinstance(text, str):
+        return Parsed(None, "not_text")
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    if not text.strip():
+        return Parsed(None, "empty")
     try:
-        answer = _after_hashes(text[-20 * _TAIL_CHARS:])
-        if answer is not None:
-            return answer
         tail = text[-_TAIL_CHARS:]
-        for strategy in (_from_boxed, _from_answer_is, _last_number):
-            answer = strategy(tail)
-            if answer is not None:
-                return answer
+        answer = (_after_hashes(text[-20 * _TAIL_CHARS:]) or _from_boxed(tail) or _from_answer_is(tail)
+                  or _last_number(tail))
     except Exception:  # extraction must never take a pipeline down; no answer is a valid outcome
-        return None
-    return None
+        return Parsed(None, "error")
+    return answer or Parsed(None, "no_number")
+
+
+def extract_answer(text: str) -> str | None:
+    """The final numeric answer of a response as a canonical number string, or None (see parse_answer)."""
+    return parse_answer(text).value
 
 
 def _as_canonical(a: str) -> str | None:
     a = a.strip()
-    return a if CANONICAL.fullmatch(a) else extract_answer(a)
+    if CANONICAL.fullmatch(a) and len(a) <= _MAX_DIGITS:
+        return a
+    return extract_answer(a)  # None for over-long digit runs, as in extraction
 
 
 @lru_cache(maxsize=4096)
@@ -266,7 +330,7 @@ def _math_verify_equal(a: str, b: str) -> bool:
 
 
 def answers_equal(a: str | None, b: str | None) -> bool:
-    """Whether two answers are the same number. None never equals anything.
+    """Whether two answers are the same number. None, and text that holds no number, never equal anything.
 
     Exact string match, then exact value (Fraction), then math_verify's equivalence -- only on
     strings matching `CANONICAL`, and only when one side is non-integer (two different integers
@@ -274,10 +338,11 @@ def answers_equal(a: str | None, b: str | None) -> bool:
     """
     if not isinstance(a, str) or not isinstance(b, str):
         return False
-    if a == b:
-        return bool(a.strip())
-    ca, cb = _as_canonical(a), _as_canonical(b)
-    if ca is None or cb is None:
+    ca = _as_canonical(a)
+    if a == b or ca is None:
+        return ca is not None
+    cb = _as_canonical(b)
+    if cb is None:
         return False
     if ca == cb or Fraction(ca) == Fraction(cb):
         return True
@@ -301,7 +366,7 @@ class Vote:
 
 
 def majority_vote(answers: Sequence[str | None], tie: str = "first", seed: int = 0) -> Vote:
-    """Most common answer among `answers` (grouped with `answers_equal`); None never wins.
+    """Most common answer among `answers` (grouped with `answers_equal`); None and non-numbers never win.
 
     Ties: "first" keeps the tied answer seen earliest, "random" picks with `random.Random(seed)`,
     "drop" returns no answer with reason "tie".
@@ -312,7 +377,7 @@ def majority_vote(answers: Sequence[str | None], tie: str = "first", seed: int =
     k = len(answers)
     groups: list[list] = []  # [representative, count], in order of first occurrence
     for a in answers:
-        if not isinstance(a, str) or not a.strip():
+        if not isinstance(a, str) or _as_canonical(a) is None:
             continue
         for g in groups:
             if answers_equal(g[0], a):

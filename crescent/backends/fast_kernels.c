@@ -1,0 +1,594 @@
+/* CPU kernels of the fast backend (crescent/backends/fast.py), built by crescent/backends/native.py with
+ * gcc -O3 -march=native -ffp-contract=off -fopenmp: AVX-512 paths where the compiler targets them, plain C otherwise.
+ *
+ * decode_attention_*: one new query token per row against a static KV cache, reading only the lens[b] valid
+ *   positions of row b (no padding to the longest row).
+ * rope_store_*: rotary embedding of q and k and the write of k and v into the cache, in one call.
+ * add_norm_*, silu_mul_bf16: residual add + RMSNorm, and the MLP's silu(gate) * up.
+ * sample_*: temperature / top-p sampling of one token per row from the logits.
+ *
+ * Every row is computed by one thread in a fixed order, so a row's result never depends on the other rows or on
+ * the thread count. */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+static inline void bf16_to_f32(const uint16_t* src, float* dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline float dot_f32(const float* a, const float* b, int64_t n) {
+#if defined(__AVX512F__)
+    if (n % 16 == 0) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
+#endif
+    float t = 0.0f;
+    for (int64_t i = 0; i < n; i++) t += a[i] * b[i];
+    return t;
+}
+
+static inline void axpy(float p, const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += p * x[i];
+}
+
+static float max_of(const float* x, int64_t n) {
+    float m = -INFINITY;
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(acc, _mm512_loadu_ps(x + i));
+    m = _mm512_reduce_max_ps(acc);
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+#if defined(__AVX512F__)
+/* exp(v) for v >= -87 (Cephes expf: 2^e * poly(r) with r = v - e * ln 2) */
+static inline __m512 exp16(__m512 v) {
+    __m512 e = _mm512_roundscale_ps(_mm512_fmadd_ps(v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(e, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(e), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
+}
+#endif
+
+/* x[i] = exp(x[i] / t - m) where x[i] / t <= m; returns their sum */
+static float exp_scaled(float* x, int64_t n, float t, float m) {
+    int64_t i = 0;
+    float total = 0.0f;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps(), vm = _mm512_set1_ps(m), vt = _mm512_set1_ps(t), floor = _mm512_set1_ps(-87.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        if (t != 1.0f) v = _mm512_div_ps(v, vt);
+        __m512 y = exp16(_mm512_max_ps(_mm512_sub_ps(v, vm), floor));
+        _mm512_storeu_ps(x + i, y);
+        acc = _mm512_add_ps(acc, y);
+    }
+    total = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < n; i++) {
+        x[i] = expf(x[i] / t - m);
+        total += x[i];
+    }
+    return total;
+}
+
+static float exp_shifted(float* x, int64_t n, float m) { return exp_scaled(x, n, 1.0f, m); }
+
+#if defined(__AVX512F__)
+/* lane i of the result = sum of the lanes of a[i], for 16 vectors */
+static inline __m512 reduce16(const __m512* a) {
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x44), _mm512_shuffle_f32x4(c[0], c[1], 0xEE));
+    __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x44), _mm512_shuffle_f32x4(c[2], c[3], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, 0x88), _mm512_shuffle_f32x4(e0, e1, 0xDD));
+}
+#endif
+
+#if defined(__AVX512BF16__)
+/* positions w0..w0+15 of s (G, L) (those < L): bf16 dot products with the head dim a compile-time constant D
+ * where inlined (the loop over it unrolls, the 16 rows are independent chains), one transpose-reduce per head */
+static inline __attribute__((always_inline)) void scores16_bf16(const uint16_t* q, const uint16_t* k, float* s,
+                                                                 int64_t w0, int64_t L, int64_t G, const int64_t D,
+                                                                 float scale) {
+    __m512 acc[16];
+    const uint16_t* rows[16];
+    for (int r = 0; r < 16; r++) rows[r] = k + (w0 + r < L ? w0 + r : L - 1) * D; /* past the end: repeat the last */
+    __mmask16 valid = L - w0 >= 16 ? 0xFFFF : (__mmask16)((1u << (L - w0)) - 1u);
+    for (int64_t g = 0; g < G; g++) {
+        for (int r = 0; r < 16; r++) {
+            acc[r] = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 32)
+                acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(q + g * D + d),
+                                          (__m512bh)_mm512_loadu_si512(rows[r] + d));
+        }
+        _mm512_mask_storeu_ps(s + g * L + w0, valid, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+    }
+}
+
+/* s (G, L) = scale * q k^T, 16 positions at a time */
+static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, float* s, int64_t L, int64_t G, int64_t D,
+                               float scale) {
+    for (int64_t w0 = 0; w0 < L; w0 += 16) {
+        for (int64_t line = 0; line < 16 * D * 2; line += 64) /* the next block of 16 rows */
+            _mm_prefetch((const char*)(k + (w0 + 16) * D) + line, _MM_HINT_T0);
+        if (D == 64)
+            scores16_bf16(q, k, s, w0, L, G, 64, scale);
+        else if (D == 128)
+            scores16_bf16(q, k, s, w0, L, G, 128, scale);
+        else
+            scores16_bf16(q, k, s, w0, L, G, D, scale);
+    }
+}
+#endif
+
+/* s (G, L) = scale * q k^T for bf16 q (G, D) and k (L, D) */
+static void scores_bf16(const uint16_t* q, const uint16_t* k, float* s, float* qf, float* row, int64_t L, int64_t G,
+                        int64_t D, float scale) {
+#if defined(__AVX512BF16__)
+    if (D % 32 == 0) {
+        scores_bf16_blocks(q, k, s, L, G, D, scale);
+        return;
+    }
+#endif
+    bf16_to_f32(q, qf, G * D);
+    for (int64_t w = 0; w < L; w++) {
+        bf16_to_f32(k + w * D, row, D);
+        for (int64_t g = 0; g < G; g++) s[g * L + w] = scale * dot_f32(qf + g * D, row, D);
+    }
+}
+
+/* o (G, D) = p v for weights p (G, L) and bf16 v (L, D) */
+static void weighted_bf16(const float* p, const uint16_t* v, float* o, float* row, int64_t L, int64_t G, int64_t D) {
+#if defined(__AVX512F__)
+    if (D % 64 == 0) { /* 4 heads x 64 dims of accumulators stay in registers */
+        for (int64_t g0 = 0; g0 < G; g0 += 4)
+            for (int64_t d0 = 0; d0 < D; d0 += 64) {
+                __m512 acc[4][4];
+                for (int i = 0; i < 4; i++)
+                    for (int c = 0; c < 4; c++) acc[i][c] = _mm512_setzero_ps();
+                for (int64_t w = 0; w < L; w++) {
+                    for (int64_t line = 0; line < 128; line += 64)  /* the row 16 ahead, both cache lines */
+                        _mm_prefetch((const char*)(v + (w + 16) * D + d0) + line, _MM_HINT_T0);
+                    __m512 x[4];
+                    for (int c = 0; c < 4; c++)
+                        x[c] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + w * D + d0 + 16 * c))), 16));
+                    for (int i = 0; i < 4; i++) {
+                        __m512 pi = _mm512_set1_ps(g0 + i < G ? p[(g0 + i) * L + w] : 0.0f);
+                        for (int c = 0; c < 4; c++) acc[i][c] = _mm512_fmadd_ps(pi, x[c], acc[i][c]);
+                    }
+                }
+                for (int i = 0; i < 4 && g0 + i < G; i++)
+                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(o + (g0 + i) * D + d0 + 16 * c, acc[i][c]);
+            }
+        return;
+    }
+#endif
+    memset(o, 0, sizeof(float) * G * D);
+    for (int64_t w = 0; w < L; w++) {
+        bf16_to_f32(v + w * D, row, D);
+        for (int64_t g = 0; g < G; g++) axpy(p[g * L + w], row, o + g * D, D);
+    }
+}
+
+/* partial softmax attention of n queries q (n, D) over L positions of k, v (L, D): m[n] the highest score,
+ * l[n] the sum of exp(score - m), o (n, D) the sum of exp(score - m) * v; s holds n * L scores */
+static void partial_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t n, int64_t L, int64_t D,
+                         float scale, float* s, float* m, float* l, float* o, float* qf, float* row) {
+    scores_bf16(q, k, s, qf, row, L, n, D, scale);
+    for (int64_t g = 0; g < n; g++) {
+        m[g] = max_of(s + g * L, L);
+        l[g] = L > 0 ? exp_shifted(s + g * L, L, m[g]) : 0.0f;
+    }
+    weighted_bf16(s, v, o, row, L, n, D);
+}
+
+static void partial_f32(const float* q, const float* k, const float* v, int64_t n, int64_t L, int64_t D, float scale,
+                        float* s, float* m, float* l, float* o, float* qf, float* row) {
+    (void)qf;
+    (void)row;
+    for (int64_t w = 0; w < L; w++)
+        for (int64_t g = 0; g < n; g++) s[g * L + w] = scale * dot_f32(q + g * D, k + w * D, D);
+    for (int64_t g = 0; g < n; g++) {
+        m[g] = max_of(s + g * L, L);
+        l[g] = L > 0 ? exp_shifted(s + g * L, L, m[g]) : 0.0f;
+    }
+    memset(o, 0, sizeof(float) * n * D);
+    for (int64_t w = 0; w < L; w++)
+        for (int64_t g = 0; g < n; g++) axpy(s[g * L + w], v + w * D, o + g * D, D);
+}
+
+/* ---- decode attention ----------------------------------------------------------------------------------
+ * A row's context is its prompt (the prefix, stored once and shared by every row that samples that prompt)
+ * followed by its own generated tokens. q: (B, KV*G, D). Prefix keys/values pk, pv: (NP, KV, TP, D); row b's
+ * prompt is prefix slot pre[b], plen[b] positions. Generated keys/values k, v: (S >= B, KV, T, D); row b's are in
+ * slot b, glen[b] positions (the current token included). out: (B, KV*G, D). Query head h attends with kv head
+ * h / G (grouped-query attention, as transformers' repeat_kv).
+ * Pass 1 reads each prefix once per CHUNK rows of its prompt and keeps partial softmax results per query; pass 2
+ * adds each row's generated part and merges the two (m, l, o) partials. */
+
+#define CHUNK 8 /* rows of one prompt that share a pass over its prefix */
+
+static int by_prefix(const void* a, const void* b) { /* (prefix slot, row) pairs: prefix, then row */
+    const int64_t *x = a, *y = b;
+    if (x[0] != y[0]) return x[0] < y[0] ? -1 : 1;
+    return (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+/* chunks of up to CHUNK rows with one prefix: rows in order[], chunk c is order[start[c]..start[c+1]); returns
+ * the number of chunks; pairs: scratch of 2 * B */
+static int64_t prefix_chunks(const int64_t* pre, int64_t B, int64_t* pairs, int64_t* order, int64_t* start) {
+    for (int64_t b = 0; b < B; b++) {
+        pairs[2 * b] = pre[b];
+        pairs[2 * b + 1] = b;
+    }
+    qsort(pairs, (size_t)B, 2 * sizeof(int64_t), by_prefix);
+    int64_t chunks = 0;
+    for (int64_t i = 0; i < B; i++) {
+        order[i] = pairs[2 * i + 1];
+        if (i == 0 || pairs[2 * i] != pairs[2 * i - 2] || i - start[chunks - 1] == CHUNK) start[chunks++] = i;
+    }
+    start[chunks] = B;
+    return chunks;
+}
+
+/* floats of scratch one thread needs, for positions up to TMAX = max(TP, T) */
+int64_t decode_attention_scratch(int64_t G, int64_t D, int64_t TMAX) {
+    int64_t n = CHUNK * G;
+    return n * TMAX + 3 * n * D + D + 2 * n;
+}
+
+/* floats shared by all threads: the prefix partials of every (row, query head), plus the chunk tables */
+int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H * (D + 2) + 10 * B + 2; }
+
+#define DEFINE_ATTENTION(NAME, TYPE, PARTIAL, STORE)                                                               \
+    void NAME(const TYPE* q, const TYPE* pk, const TYPE* pv, const int64_t* pre, const int64_t* plen, const TYPE* k, \
+              const TYPE* v, const int64_t* glen, TYPE* out, float* work, int64_t B, int64_t KV, int64_t G,          \
+              int64_t D, int64_t TP, int64_t T, float scale, int threads) {                                         \
+        int64_t H = KV * G, n = CHUNK * G, tmax = TP > T ? TP : T;                                                  \
+        int64_t per_thread = decode_attention_scratch(G, D, tmax);                                                 \
+        float *pm = work, *pl = pm + B * H, *po = pl + B * H;                                                      \
+        int64_t* tables = (int64_t*)(po + B * H * D);                                                              \
+        int64_t *pairs = tables, *order = pairs + 2 * B, *start = order + B;                                       \
+        int64_t chunks = prefix_chunks(pre, B, pairs, order, start);                                               \
+        float* scratch = (float*)(tables + 5 * B + 1);                                                             \
+        _Pragma("omp parallel num_threads(threads)") {                                                             \
+            float* s = scratch + (int64_t)omp_get_thread_num() * per_thread;                                       \
+            float *o = s + n * tmax, *qf = o + n * D, *row = qf + n * D, *m = row + D, *l = m + n;                 \
+            TYPE* qs = (TYPE*)(l + n); /* n * D queries of one chunk */                                            \
+            _Pragma("omp for collapse(2) schedule(dynamic, 1)")                                                    \
+            for (int64_t c = 0; c < chunks; c++)                                                                   \
+                for (int64_t j = 0; j < KV; j++) {                                                                 \
+                    int64_t rows = start[c + 1] - start[c], first = order[start[c]];                               \
+                    for (int64_t i = 0; i < rows; i++)                                                             \
+                        memcpy(qs + i * G * D, q + (order[start[c] + i] * KV + j) * G * D, sizeof(TYPE) * G * D);  \
+                    const TYPE* at = pk + (pre[first] * KV + j) * TP * D;                                          \
+                    PARTIAL(qs, at, pv + (at - pk), rows * G, plen[first], D, scale, s, m, l, o, qf, row);         \
+                    for (int64_t i = 0; i < rows; i++)                                                             \
+                        for (int64_t g = 0; g < G; g++) {                                                          \
+                            int64_t x = (order[start[c] + i] * KV + j) * G + g, y = i * G + g;                     \
+                            pm[x] = m[y];                                                                          \
+                            pl[x] = l[y];                                                                          \
+                            memcpy(po + x * D, o + y * D, sizeof(float) * D);                                      \
+                        }                                                                                          \
+                }                                                                                                  \
+            _Pragma("omp for collapse(2) schedule(dynamic, 1)")                                                    \
+            for (int64_t b = 0; b < B; b++)                                                                        \
+                for (int64_t j = 0; j < KV; j++) {                                                                 \
+                    int64_t bj = b * KV + j;                                                                       \
+                    PARTIAL(q + bj * G * D, k + bj * T * D, v + bj * T * D, G, glen[b], D, scale, s, m, l, o, qf,  \
+                            row);                                                                                  \
+                    for (int64_t g = 0; g < G; g++) { /* merge the prefix and generated partials */               \
+                        int64_t x = bj * G + g;                                                                    \
+                        float top = pm[x] > m[g] ? pm[x] : m[g];                                                   \
+                        float a = expf(pm[x] - top), c2 = expf(m[g] - top);                                        \
+                        float inv = 1.0f / (pl[x] * a + l[g] * c2);                                                \
+                        for (int64_t d = 0; d < D; d++)                                                            \
+                            out[x * D + d] = STORE((po[x * D + d] * a + o[g * D + d] * c2) * inv);                 \
+                    }                                                                                              \
+                }                                                                                                  \
+        }                                                                                                          \
+    }
+
+static inline float id_f32(float f) { return f; }
+
+DEFINE_ATTENTION(decode_attention_bf16, uint16_t, partial_bf16, f32_to_bf16)
+DEFINE_ATTENTION(decode_attention_f32, float, partial_f32, id_f32)
+
+/* ---- rotary embedding + cache write --------------------------------------------------------------------
+ * qkv: (B, heads + 2 * KV, D) projections of row b; cos, sin: (B, D). q and k are rotated exactly as transformers'
+ * apply_rotary_pos_emb computes it in the model dtype (x * cos + rotate_half(x) * sin, each op rounded); q goes to
+ * q_out (B, heads, D), k and v to position pos[b] of cache slot b in k_cache, v_cache (S >= B, KV, T, D). */
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float round_bf16(float f) { return bf16_value(f32_to_bf16(f)); }
+
+static void rotate_bf16(const uint16_t* x, const uint16_t* c, const uint16_t* s, uint16_t* y, int64_t D) {
+    int64_t half = D / 2;
+    for (int64_t d = 0; d < D; d++) {
+        float rot = d < half ? -bf16_value(x[d + half]) : bf16_value(x[d - half]);
+        float a = round_bf16(bf16_value(x[d]) * bf16_value(c[d])), b = round_bf16(rot * bf16_value(s[d]));
+        y[d] = f32_to_bf16(a + b);
+    }
+}
+
+static void rotate_f32(const float* x, const float* c, const float* s, float* y, int64_t D) {
+    int64_t half = D / 2;
+    for (int64_t d = 0; d < D; d++) {
+        float rot = d < half ? -x[d + half] : x[d - half];
+        float a = x[d] * c[d], b = rot * s[d]; /* two roundings, no fma (built with -ffp-contract=off) */
+        y[d] = a + b;
+    }
+}
+
+#define DEFINE_ROPE_STORE(NAME, TYPE, ROTATE)                                                                  \
+    void NAME(const TYPE* qkv, const TYPE* cos, const TYPE* sin, const int64_t* pos, TYPE* q_out,             \
+              TYPE* k_cache, TYPE* v_cache, int64_t B, int64_t heads, int64_t KV, int64_t D, int64_t T,        \
+              int threads) {                                                                                   \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                     \
+        for (int64_t b = 0; b < B; b++) {                                                                      \
+            const TYPE* row = qkv + b * (heads + 2 * KV) * D;                                                  \
+            for (int64_t h = 0; h < heads; h++) ROTATE(row + h * D, cos + b * D, sin + b * D, q_out + (b * heads + h) * D, D); \
+            for (int64_t j = 0; j < KV; j++) {                                                                 \
+                int64_t at = ((b * KV + j) * T + pos[b]) * D;                                                  \
+                ROTATE(row + (heads + j) * D, cos + b * D, sin + b * D, k_cache + at, D);                      \
+                memcpy(v_cache + at, row + (heads + KV + j) * D, sizeof(TYPE) * D);                            \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+DEFINE_ROPE_STORE(rope_store_bf16, uint16_t, rotate_bf16)
+DEFINE_ROPE_STORE(rope_store_f32, float, rotate_f32)
+
+/* ---- residual add + RMSNorm, SiLU gate ------------------------------------------------------------------
+ * As transformers' Llama modules compute them in the model dtype: x = x + y (rounded), then
+ * h = weight * round(x * rsqrt(mean(x^2) + eps)) with fp32 statistics; act = round(silu(gate)) * up. */
+
+#if defined(__AVX512BF16__)
+static inline __m512 load16_bf16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+static inline void store16_bf16(uint16_t* p, __m512 v) { /* round to nearest even */
+    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __m512 round16_bf16(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+#endif
+
+/* 1 / sqrt(mean(v^2) + eps) in fp32, the squares summed in 16 lanes */
+static float inv_rms_bf16(const uint16_t* v, int64_t H, float eps) {
+    float acc[16] = {0}, total = 0.0f;
+    int64_t i = 0;
+#if defined(__AVX512BF16__)
+    __m512 a = _mm512_setzero_ps();
+    for (; i + 16 <= H; i += 16) {
+        __m512 x = load16_bf16(v + i);
+        a = _mm512_add_ps(a, _mm512_mul_ps(x, x));
+    }
+    _mm512_storeu_ps(acc, a);
+#endif
+    for (; i < H; i++) acc[i % 16] += bf16_value(v[i]) * bf16_value(v[i]);
+    for (int l = 0; l < 16; l++) total += acc[l];
+    return 1.0f / sqrtf(total / (float)H + eps);
+}
+
+static float inv_rms_f32(const float* v, int64_t H, float eps) {
+    float acc[16] = {0}, total = 0.0f;
+    for (int64_t i = 0; i < H; i++) acc[i % 16] += v[i] * v[i];
+    for (int l = 0; l < 16; l++) total += acc[l];
+    return 1.0f / sqrtf(total / (float)H + eps);
+}
+
+static void add_norm_row_bf16(uint16_t* x, const uint16_t* y, const uint16_t* w, uint16_t* h, int64_t H, float eps) {
+    int64_t i = 0;
+    if (y) {
+#if defined(__AVX512BF16__)
+        for (; i + 16 <= H; i += 16) store16_bf16(x + i, _mm512_add_ps(load16_bf16(x + i), load16_bf16(y + i)));
+#endif
+        for (; i < H; i++) x[i] = f32_to_bf16(bf16_value(x[i]) + bf16_value(y[i]));
+    }
+    float inv = inv_rms_bf16(x, H, eps);
+    i = 0;
+#if defined(__AVX512BF16__)
+    for (__m512 vinv = _mm512_set1_ps(inv); i + 16 <= H; i += 16)
+        store16_bf16(h + i, _mm512_mul_ps(load16_bf16(w + i), round16_bf16(_mm512_mul_ps(load16_bf16(x + i), vinv))));
+#endif
+    for (; i < H; i++) h[i] = f32_to_bf16(bf16_value(w[i]) * round_bf16(bf16_value(x[i]) * inv));
+}
+
+static void add_norm_row_f32(float* x, const float* y, const float* w, float* h, int64_t H, float eps) {
+    if (y)
+        for (int64_t i = 0; i < H; i++) x[i] = x[i] + y[i];
+    float inv = inv_rms_f32(x, H, eps);
+    for (int64_t i = 0; i < H; i++) h[i] = w[i] * (x[i] * inv);
+}
+
+/* x (N, H) += y (N, H) when y is given (in place), then h (N, H) = RMSNorm(x) */
+#define DEFINE_ADD_NORM(NAME, TYPE, ROW)                                                                       \
+    void NAME(TYPE* x, const TYPE* y, const TYPE* weight, TYPE* h, int64_t N, int64_t H, float eps,          \
+              int threads) {                                                                                   \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                                     \
+        for (int64_t n = 0; n < N; n++) ROW(x + n * H, y ? y + n * H : NULL, weight, h + n * H, H, eps);       \
+    }
+
+DEFINE_ADD_NORM(add_norm_bf16, uint16_t, add_norm_row_bf16)
+DEFINE_ADD_NORM(add_norm_f32, float, add_norm_row_f32)
+
+/* act (N, I) = round(silu(gate)) * up for gate_up (N, 2I) = [gate | up] (bf16) */
+void silu_mul_bf16(const uint16_t* gate_up, uint16_t* act, int64_t N, int64_t I, int threads) {
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")
+    for (int64_t n = 0; n < N; n++) {
+        const uint16_t *g = gate_up + n * 2 * I, *u = g + I;
+        uint16_t* out = act + n * I;
+        int64_t i = 0;
+#if defined(__AVX512BF16__)
+        for (__m512 one = _mm512_set1_ps(1.0f); i + 16 <= I; i += 16) {
+            __m512 x = load16_bf16(g + i);
+            __m512 neg = _mm512_sub_ps(_mm512_setzero_ps(), x); /* exp(-x) overflows to inf past 88.72, as in torch */
+            __m512 e = exp16(_mm512_min_ps(_mm512_max_ps(neg, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f)));
+            e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(neg, _mm512_set1_ps(88.72283935546875f), _CMP_GT_OQ),
+                                   _mm512_set1_ps(INFINITY));
+            __m512 silu = round16_bf16(_mm512_div_ps(x, _mm512_add_ps(one, e)));
+            store16_bf16(out + i, _mm512_mul_ps(silu, load16_bf16(u + i)));
+        }
+#endif
+        for (; i < I; i++) {
+            float x = bf16_value(g[i]);
+            out[i] = f32_to_bf16(round_bf16(x / (1.0f + expf(-x))) * bf16_value(u[i]));
+        }
+    }
+}
+
+/* ---- sampling ------------------------------------------------------------------------------------------
+ * logits: (B, V); u: (B,) uniform draws in [0, 1); out: (B,) token ids. Weights e_i = exp(l_i / T - max); with
+ * top_p < 1 only the nucleus counts: the most likely tokens, in order, up to the first whose preceding mass
+ * reaches top_p (transformers' TopPLogitsWarper). The token is the first whose cumulative weight exceeds
+ * u * (total weight), tokens in descending weight order (top_p < 1) or in id order (top_p = 1). */
+
+typedef struct {
+    float w;
+    int32_t id;
+} candidate;
+
+static int by_weight(const void* a, const void* b) { /* descending weight, then ascending id */
+    const candidate *x = a, *y = b;
+    if (x->w != y->w) return x->w < y->w ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int64_t draw_in_order(const float* e, int64_t V, double u) {
+    double total = 0.0, cum = 0.0;
+    for (int64_t i = 0; i < V; i++) total += e[i];
+    double target = u * total;
+    int64_t last = 0;
+    for (int64_t i = 0; i < V; i++) {
+        if (e[i] <= 0.0f) continue;
+        cum += e[i];
+        last = i;
+        if (cum > target) return i;
+    }
+    return last;
+}
+
+/* weights >= thresh into c (ids ascending); returns their count */
+static int64_t collect(const float* e, int64_t V, float thresh, float* cw, int32_t* ci, candidate* c) {
+    int64_t n = 0, i = 0;
+#if defined(__AVX512F__)
+    __m512 t = _mm512_set1_ps(thresh);
+    __m512i id = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), step = _mm512_set1_epi32(16);
+    for (; i + 16 <= V; i += 16, id = _mm512_add_epi32(id, step)) {
+        __m512 x = _mm512_loadu_ps(e + i);
+        __mmask16 keep = _mm512_cmp_ps_mask(x, t, _CMP_GE_OQ);
+        if (!keep) continue;
+        _mm512_mask_compressstoreu_ps(cw + n, keep, x);
+        _mm512_mask_compressstoreu_epi32(ci + n, keep, id);
+        n += __builtin_popcount(keep);
+    }
+#endif
+    for (; i < V; i++)
+        if (e[i] >= thresh) {
+            cw[n] = e[i];
+            ci[n++] = (int32_t)i;
+        }
+    for (int64_t j = 0; j < n; j++) {
+        c[j].w = cw[j];
+        c[j].id = ci[j];
+    }
+    return n;
+}
+
+/* scratch: cw (V floats), ci (V int32), c (V candidates) */
+static int64_t draw_nucleus(const float* e, int64_t V, float total, float top_p, double u, float* scratch) {
+    float* cw = scratch;
+    int32_t* ci = (int32_t*)(scratch + V);
+    candidate* c = (candidate*)(scratch + 2 * V);
+    double need = (double)top_p * total, mass = 0.0;
+    int64_t n = 0;
+    /* candidates: weights >= thresh; lowered until they hold the nucleus (all tokens at worst) */
+    for (float thresh = total * 1e-4f;; thresh = thresh > 1e-30f ? thresh * 1e-3f : 0.0f) {
+        n = collect(e, V, thresh, cw, ci, c);
+        mass = 0.0;
+        for (int64_t j = 0; j < n; j++) mass += c[j].w;
+        if (mass >= need || thresh == 0.0f) break;
+    }
+    qsort(c, (size_t)n, sizeof(candidate), by_weight);
+    double cum = 0.0;
+    int64_t keep = 0;
+    while (keep < n && cum < need) cum += c[keep++].w;
+    double target = u * cum, acc = 0.0;
+    for (int64_t i = 0; i < keep; i++) {
+        acc += c[i].w;
+        if (acc > target) return c[i].id;
+    }
+    return c[keep > 0 ? keep - 1 : 0].id;
+}
+
+/* e: one row of logits as floats -> exp(x / temperature - max); returns the sum */
+static float weights_row(float* e, int64_t V, float temperature) {
+    return exp_scaled(e, V, temperature, max_of(e, V) / temperature);  /* max(x / t) = max(x) / t for t > 0 */
+}
+
+int64_t sample_scratch(int64_t V) { return 5 * V; /* floats: weights, candidate weights, ids, (weight, id) pairs */ }
+
+#define DEFINE_SAMPLE(NAME, TYPE, LOAD)                                                                        \
+    void NAME(const TYPE* logits, const double* u, int64_t* out, float* work, int64_t B, int64_t V,            \
+              float temperature, float top_p, int threads) {                                                   \
+        int64_t per_thread = sample_scratch(V);                                                                \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads)")                                 \
+        for (int64_t b = 0; b < B; b++) {                                                                      \
+            float* e = work + (int64_t)omp_get_thread_num() * per_thread;                                      \
+            LOAD(logits + b * V, e, V);                                                                        \
+            float total = weights_row(e, V, temperature);                                                      \
+            out[b] = top_p >= 1.0f ? draw_in_order(e, V, u[b]) : draw_nucleus(e, V, total, top_p, u[b], e + V); \
+        }                                                                                                      \
+    }
+
+static inline void copy_f32(const float* src, float* dst, int64_t n) { memcpy(dst, src, sizeof(float) * n); }
+
+DEFINE_SAMPLE(sample_bf16, uint16_t, bf16_to_f32)
+DEFINE_SAMPLE(sample_f32, float, copy_f32)

@@ -1,0 +1,56 @@
+"""Config checks for stages=[gap] (cfg.gap and cfg.verify), in crescent.config's error style."""
+from __future__ import annotations
+
+from typing import Any
+
+from crescent.config import Rule, float_at_least, int_at_least, nonempty_str, one_of
+from crescent.verify.checks import MISSING, check_rules, get_key, plain, verify_errors
+
+PERFECT_POLICIES = ("exclude", "zero")  # questions whose samples are all correct, in the relative gap
+EMPTY_POLICIES = ("unchanged", "exclude")  # questions with no kept sample, in J_f and the gaps
+
+
+def _limit_ok(x: Any) -> bool:
+    return x is None or (isinstance(x, int) and not isinstance(x, bool) and x >= 1) or (
+        isinstance(x, float) and 0 < x <= 1)
+
+
+GAP_RULES: dict[str, Rule] = {
+    "limit": Rule("null (use eval.limit), an integer >= 1, or a fraction in (0, 1]", _limit_ok),
+    "n_samples": int_at_least(1),
+    "temperature": float_at_least(0.0),
+    "top_p": Rule("a number in (0, 1]", lambda x: isinstance(x, (int, float)) and 0 < x <= 1),
+    "max_new_tokens": int_at_least(1),
+    "num_fewshot": int_at_least(0),
+    "chat": one_of((False, True)),
+    "chunk": int_at_least(1),
+    "cache": one_of((False, True)),
+    "question_field": Rule("null or a non-empty string", lambda x: x is None or (isinstance(x, str) and x.strip() != "")),
+    "pass_k": Rule("a non-empty list of integers >= 1",
+                   lambda x: isinstance(x, list) and bool(x) and all(isinstance(k, int) and k >= 1 for k in x)),
+    "perfect_question_policy": one_of(PERFECT_POLICIES),
+    "empty_keep_policy": one_of(EMPTY_POLICIES),
+    "benchmark.loader": nonempty_str(),
+    "benchmark.question_template": nonempty_str(),
+}
+
+
+def gap_errors(cfg: Any) -> list[str]:
+    """Errors of cfg.gap (the whole run config is passed)."""
+    gap = plain(get_key(cfg, "gap"))
+    if gap is MISSING or not isinstance(gap, dict):
+        return ["  gap: missing (add `+gap=default`, or `- gap: default` to the defaults list)"]
+    errors = check_rules(gap, GAP_RULES, "gap")
+    bench = gap.get("benchmark") or {}
+    if isinstance(bench, dict) and bench.get("answer_field") is None and bench.get("target") is None:
+        errors.append("  gap.benchmark: needs answer_field (a field name) or target (a template)")
+    if isinstance(bench, dict) and bench.get("kind", "generate") != "generate":
+        errors.append(f"  gap.benchmark.kind={bench.get('kind')!r} is invalid: expected 'generate' "
+                      "(answers are extracted numbers)")
+    return errors
+
+
+def stage_errors(cfg: Any) -> list[str]:
+    """Everything stages=[gap] needs: gap_errors plus the verify group's errors (verify absent = none)."""
+    verify = get_key(cfg, "verify")
+    return gap_errors(cfg) + verify_errors(None if verify is MISSING else verify)
