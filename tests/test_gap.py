@@ -180,7 +180,7 @@ def test_limit_and_exemplars():
 def test_gsm8k_prompt_from_the_shipped_config():
     from crescent.eval.benchmarks import load_docs
 
-    cfg = compose_cfg(["+gap=default"])
+    cfg = compose_cfg([])
     bench = dict(cfg.gap.benchmark)
     docs = load_docs(bench)
     prompt = gp.build_prompt(docs["test"][0], gp.exemplars(docs["fewshot"], 4, 0, 0), bench)
@@ -193,11 +193,11 @@ def test_gsm8k_prompt_from_the_shipped_config():
 
 @pytest.mark.parametrize("verify", ["none", "mc", "cot_binary", "cot_score", "tournament", "all_of"])
 def test_default_gap_config_is_valid(verify):
-    assert stage_errors(compose_cfg(["+gap=default", f"+verify={verify}"])) == []
+    assert stage_errors(compose_cfg([f"verify={verify}"])) == []
 
 
 def test_gap_config_errors():
-    cfg = compose_cfg(["+gap=default", "+verify=mc", "gap.n_samples=0", "gap.pass_k=[0]", "gap.limit=1.5",
+    cfg = compose_cfg(["verify=mc", "gap.n_samples=0", "gap.pass_k=[0]", "gap.limit=1.5",
                        "gap.empty_keep_policy=zero", "verify.quantile=-1"])
     text = "\n".join(stage_errors(cfg))
     assert not any(e.startswith("  verify.") for e in gap_errors(cfg))  # the verify group is checked on its own
@@ -206,13 +206,13 @@ def test_gap_config_errors():
     assert "gap.limit=1.5 is invalid" in text
     assert "gap.empty_keep_policy='zero' is invalid: expected one of ['unchanged', 'exclude']" in text
     assert "verify.quantile=-1 is invalid" in text
-    assert gap_errors(compose_cfg([])) == ["  gap: missing (add `+gap=default`, or `- gap: default` to the defaults list)"]
+    assert gap_errors(compose_cfg(["~gap"])) == ["  gap: missing (add `+gap=default`, or `- gap: default` to the defaults list)"]
 
 
 def test_run_fails_before_loading_a_model(make_cfg, monkeypatch):
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(ConfigError, match="gap.temperature=-1"):
-        run(make_cfg("+gap=default", "+verify=mc", "gap.temperature=-1"))
+        run(make_cfg("verify=mc", "gap.temperature=-1"))
 
 
 # ---------------------------------------------------------------- the stage with a scripted model: exact numbers
@@ -241,7 +241,7 @@ class ScriptedBackend:
 def test_stage_end_to_end_with_a_scripted_model(make_cfg, monkeypatch, tmp_path):
     backend = ScriptedBackend()
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: backend)
-    cfg = make_cfg("+gap=default", "+verify=cot_binary", "gap.limit=2", "gap.n_samples=4", "gap.cache=false",
+    cfg = make_cfg("verify=cot_binary", "gap.limit=2", "gap.n_samples=4", "gap.cache=false",
                    "gap.pass_k=[1,2,4,8]", "logger=none")
     out = run(cfg)
     m = out["metrics"]
@@ -272,7 +272,7 @@ def test_stage_end_to_end_with_a_scripted_model(make_cfg, monkeypatch, tmp_path)
 
 def test_verify_none_reports_sample_metrics_only(make_cfg, monkeypatch):
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: ScriptedBackend())
-    out = run(make_cfg("+gap=default", "+verify=none", "eval.limit=2", "gap.n_samples=4", "gap.cache=false",
+    out = run(make_cfg("verify=none", "eval.limit=2", "gap.n_samples=4", "gap.cache=false",
                        "logger=none"))
     assert set(out["metrics"]) == {"acc_all", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "majority_gain"}
     assert out["metrics"]["acc_all"] == 0.625  # eval.limit=2 was used
@@ -283,7 +283,7 @@ def test_verify_none_reports_sample_metrics_only(make_cfg, monkeypatch):
 
 
 def test_gap_stage_on_tiny_llama(make_cfg, tmp_path):
-    cfg = make_cfg("model@teacher=tiny_llama", "+gap=default", "+verify=mc", "gap.limit=3", "gap.n_samples=2",
+    cfg = make_cfg("model@teacher=tiny_llama", "verify=mc", "gap.limit=3", "gap.n_samples=2",
                    "gap.max_new_tokens=12", "gap.top_p=1.0", "gap.cache=false", "logger=none")  # top_p<1 sorts a flat vocab
     out = run(cfg)
     m = out["metrics"]
@@ -306,7 +306,7 @@ def test_compare_tabulates_a_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: ScriptedBackend())
     sweep = tmp_path / "sweep"
     for job, verify in (("0_verify=cot_binary", "cot_binary"), ("1_verify=none", "none")):
-        cfg = compose_cfg(["+gap=default", f"+verify={verify}", "gap.limit=2", "gap.n_samples=4", "gap.cache=false",
+        cfg = compose_cfg([f"verify={verify}", "gap.limit=2", "gap.n_samples=4", "gap.cache=false",
                            "logger=none", f"paths.output_dir='{sweep / job}'"])
         run(cfg)
     (sweep / "2_verify=mc").mkdir()

@@ -132,7 +132,7 @@ def _last_response(prompt):
 
 
 def _cfg(name, **over):
-    cfg = compose_cfg([f"+verify={name}"]).verify
+    cfg = compose_cfg([f"verify={name}"]).verify
     for k, v in over.items():
         cfg[k] = v
     return cfg
@@ -256,7 +256,7 @@ def test_all_of_is_an_and_with_member_thresholds():
         good = "= 4" in _last_response(ctx)
         return math.log(0.9 if good else 0.2) if cont == " Correct" else math.log(0.1 if good else 0.8)
 
-    cfg = compose_cfg(["+verify=all_of", "verify.verifiers.mc.threshold=0.15",
+    cfg = compose_cfg(["verify=all_of", "verify.verifiers.mc.threshold=0.15",
                        "verify.verifiers.cot_score.threshold=0.8"]).verify
     res = verify_samples(ScriptedJudge(script, ll), _items(), cfg, seed=0)
     # mc keeps all (0.9, 0.2, 0.2 | 0.2 >= 0.15); cot_score keeps 10 and 8 (>= 0.8 -> 1.0, 0.78) -> only "= 4"
@@ -276,7 +276,7 @@ def test_all_of_is_an_and_with_member_thresholds():
 
 @pytest.mark.parametrize("name", VERIFIERS)
 def test_shipped_verify_configs_are_valid(name):
-    cfg = compose_cfg([f"+verify={name}"])
+    cfg = compose_cfg([f"verify={name}"])
     assert cfg.verify.name == name and verify_errors(cfg.verify) == []
 
 
@@ -288,7 +288,7 @@ def test_verify_config_errors_name_key_value_and_allowed():
     assert "verify.prompt='no fields' is invalid: expected a string containing {question} and {response}" in text
     assert verify_errors({"name": "oracle"}) == [
         "  verify.name='oracle' is invalid: expected one of ['none', 'mc', 'cot_binary', 'cot_score', 'tournament', 'all_of']"]
-    nested = compose_cfg(["+verify=all_of", "verify.verifiers.mc.positive=''"]).verify
+    nested = compose_cfg(["verify=all_of", "verify.verifiers.mc.positive=''"]).verify
     assert verify_errors(nested) == ["  verify.verifiers.mc.positive='' is invalid: expected a non-empty string"]
     assert "expected a number > score_min" in "\n".join(verify_errors(_cfg("cot_score", score_min=5, score_max=5)))
 
@@ -344,7 +344,7 @@ def test_loglik_matches_one_forward_per_request(tiny_backend):
 
 @pytest.mark.parametrize("name", VERIFIERS)
 def test_every_verifier_on_tiny_llama(tiny_backend, name):
-    overrides = [f"+verify={name}"]
+    overrides = [f"verify={name}"]
     if name in ("cot_binary", "cot_score", "tournament"):
         overrides.append("verify.sampling.max_new_tokens=6")
     if name == "all_of":
