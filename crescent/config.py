@@ -5,7 +5,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from omegaconf import Container, DictConfig, OmegaConf
 
@@ -190,11 +190,11 @@ def _benchmark_errors(cfg: DictConfig) -> list[str]:
     from crescent.eval.benchmarks import SHIPPED
     from crescent.eval.tasks import FILTERS
 
-    benchmarks = _get(cfg, "eval.benchmarks")
+    benchmarks = get_key(cfg, "eval.benchmarks")
     if not isinstance(benchmarks, dict):
         return []
     errors = []
-    tasks = _get(cfg, "eval.tasks")
+    tasks = get_key(cfg, "eval.tasks")
     if isinstance(tasks, list):
         errors += [f"  eval.tasks: {t!r} is not in eval.benchmarks (available: {sorted(benchmarks)})"
                    for t in tasks if t not in benchmarks]
@@ -232,33 +232,33 @@ def _benchmark_errors(cfg: DictConfig) -> list[str]:
 
 def _questions_errors(cfg: DictConfig) -> list[str]:
     """Source-specific question settings: the bait prompt, or a readable dataset, and few-shot exemplars."""
-    source, errors = _get(cfg, "questions.source"), []
-    prompt = _get(cfg, "questions.prompt")
+    source, errors = get_key(cfg, "questions.source"), []
+    prompt = get_key(cfg, "questions.prompt")
     if source == "bait" and not (isinstance(prompt, str) and prompt.strip()):
         errors.append(f"  questions.prompt={prompt!r} is invalid: questions.source=bait needs a non-empty bait prompt")
     if source in ("dataset", "seed_augment") or (isinstance(prompt, str) and "{seed_questions}" in prompt):
-        loader, path = _get(cfg, "questions.dataset.loader"), _get(cfg, "questions.dataset.path")
+        loader, path = get_key(cfg, "questions.dataset.loader"), get_key(cfg, "questions.dataset.path")
         if loader not in ("gsm8k_train", "file"):
             errors.append(f"  questions.dataset.loader={loader!r} is invalid: expected one of ['gsm8k_train', 'file']")
         elif loader == "file" and not (isinstance(path, str) and Path(path).expanduser().is_file()):
             errors.append(f"  questions.dataset.path={path!r} is invalid: expected an existing .jsonl/.json/.csv file")
     if source == "seed_augment":
-        prompts = _get(cfg, "questions.augment_prompts")
+        prompts = get_key(cfg, "questions.augment_prompts")
         if not isinstance(prompts, dict) or not prompts or not all(
                 isinstance(v, str) and "{question}" in v for v in prompts.values()):
             errors.append(f"  questions.augment_prompts={prompts!r} is invalid: expected a mapping of style -> "
                           "prompt containing {question}")
-    fewshot = [f for f in (_get(cfg, "questions.formats") or []) if isinstance(f, str) and f.endswith("_fewshot")]
-    exemplars = _get(cfg, "questions.exemplars")
+    fewshot = [f for f in (get_key(cfg, "questions.formats") or []) if isinstance(f, str) and f.endswith("_fewshot")]
+    exemplars = get_key(cfg, "questions.exemplars")
     if fewshot and not (isinstance(exemplars, list) and exemplars and all(
             isinstance(e, dict) and {"question", "cot", "answer"} <= set(e) for e in exemplars)):
         errors.append(f"  questions.exemplars is invalid: formats {fewshot} need exemplars with question, cot, answer")
-    rounds, stages = _get(cfg, "rounds"), _get(cfg, "stages")
+    rounds, stages = get_key(cfg, "rounds"), get_key(cfg, "stages")
     if _int(rounds) and rounds > 1 and not (isinstance(stages, list) and "train" in stages):
         errors.append(f"  rounds={rounds} is invalid without the train stage: each round's export is the next "
                       f"round's model (stages={stages!r})")
-    if _get(cfg, "voting.reflect") is True:
-        rp = _get(cfg, "voting.reflect_prompt")
+    if get_key(cfg, "voting.reflect") is True:
+        rp = get_key(cfg, "voting.reflect_prompt")
         if not (isinstance(rp, str) and "{question}" in rp and "{response}" in rp):
             errors.append(f"  voting.reflect_prompt={rp!r} is invalid: expected a string with {{question}} and {{response}}")
     return errors
@@ -276,37 +276,44 @@ EMBEDDING_DEDUP_RULES: dict[str, Rule] = {
     ),
 }
 
-_MISSING = object()
+MISSING = object()
 
 
-def _get(cfg: DictConfig, key: str) -> Any:
+def get_key(cfg: Mapping, key: str) -> Any:
+    """The value at a dotted key of a config or plain dict (containers as plain data), or MISSING."""
     node: Any = cfg
     for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return _MISSING
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
         node = node[part]
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
+
+
+def rule_errors(node: Mapping, rules: Mapping[str, Rule], prefix: str = "") -> list[str]:
+    """One line per key of `rules` that is missing from `node` or breaks its rule."""
+    errors = []
+    for key, rule in rules.items():
+        name, value = f"{prefix}.{key}" if prefix else key, get_key(node, key)
+        if value is MISSING:
+            errors.append(f"  {name}: missing (expected {rule.allowed})")
+        elif not rule.ok(value):
+            errors.append(f"  {name}={value!r} is invalid: expected {rule.allowed}")
+    return errors
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every invalid key (key, bad value, allowed values)."""
     rules = dict(RULES)
-    if _get(cfg, "dedup.name") == "embedding":
+    if get_key(cfg, "dedup.name") == "embedding":
         rules.update(EMBEDDING_DEDUP_RULES)
-    stages = _get(cfg, "stages")
+    stages = get_key(cfg, "stages")
     training = isinstance(stages, list) and "train" in stages
     if training:
         rules.update(TRAIN_RULES)
     evaluating = isinstance(stages, list) and "eval" in stages
     if evaluating:
         rules.update(EVAL_RULES)
-    errors = []
-    for key, rule in rules.items():
-        value = _get(cfg, key)
-        if value is _MISSING:
-            errors.append(f"  {key}: missing (expected {rule.allowed})")
-        elif not rule.ok(value):
-            errors.append(f"  {key}={value!r} is invalid: expected {rule.allowed}")
+    errors = rule_errors(cfg, rules)
     if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
         errors.append(f"  stages={stages!r} is invalid: expected a non-empty list drawn from {list(STAGES)}")
     errors += _questions_errors(cfg)
@@ -314,8 +321,8 @@ def validate(cfg: DictConfig) -> None:
     errors += _benchmark_errors(cfg) if evaluating else []
     from crescent.verify.checks import verify_errors
 
-    verify = _get(cfg, "verify")
-    errors += [] if verify is _MISSING else verify_errors(verify)
+    verify = get_key(cfg, "verify")
+    errors += [] if verify is MISSING else verify_errors(verify)
     if isinstance(stages, list) and "gap" in stages:
         from crescent.gap.checks import gap_errors
 
@@ -326,15 +333,15 @@ def validate(cfg: DictConfig) -> None:
 
 def _train_errors(cfg: DictConfig) -> list[str]:
     errors = []
-    data = _get(cfg, "train.data")
+    data = get_key(cfg, "train.data")
     if isinstance(data, str) and not Path(data).is_file():
         errors.append(f"  train.data={data!r} is invalid: no such file (expected a chat `messages` jsonl)")
-    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes")
-    gbs, mbs = _get(cfg, "train.global_batch_size"), _get(cfg, "train.micro_batch_size")
+    devices, nodes = get_key(cfg, "trainer.devices"), get_key(cfg, "trainer.num_nodes")
+    gbs, mbs = get_key(cfg, "train.global_batch_size"), get_key(cfg, "train.micro_batch_size")
     if all(_int(v) and v >= 1 for v in (devices, nodes, gbs, mbs)) and gbs % (devices * nodes):
         errors.append(f"  train.global_batch_size={gbs} is invalid: expected a multiple of "
                       f"trainer.devices x trainer.num_nodes = {devices * nodes}")
-    if _get(cfg, "trainer.strategy") == "deepspeed" and _get(cfg, "trainer.accelerator") == "cpu":
+    if get_key(cfg, "trainer.strategy") == "deepspeed" and get_key(cfg, "trainer.accelerator") == "cpu":
         errors.append("  trainer.strategy='deepspeed' is invalid with trainer.accelerator='cpu': "
                       "Lightning's DeepSpeed strategy needs CUDA GPUs (use trainer=cpu here)")
     return errors
@@ -353,10 +360,10 @@ def synth_config(cfg: DictConfig) -> dict:
     """The part of the config that determines the synthetic data."""
     out = {}
     for key in SYNTH_KEYS:
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _NON_DATA.get(key, ())}
-        out[key] = None if value is _MISSING else value
+        out[key] = None if value is MISSING else value
     out["synth_code_version"] = SYNTH_CODE_VERSION
     return out
 

@@ -25,6 +25,18 @@ def compose_cfg(overrides=(), tmp_path=None):
         return compose(config_name="config", overrides=[*overrides, *extra, "print_config=false"])
 
 
+def model_cfg(name: str, **overrides):
+    """A model/ preset as a DictConfig, with field overrides (e.g. initializer_range for tiny_llama)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), overrides)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(os.environ.get("CRESCENT_CACHE") or Path.home() / ".cache" / "crescent")
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     return lambda *overrides: compose_cfg(overrides, tmp_path)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.hf import FastSampler, HFBackend, cut_at_stop
 
@@ -26,17 +26,8 @@ PROMPTS = [
 ]
 
 
-def model_cfg(name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), overrides)
-
-
 def hf_cfg(**overrides):
     return OmegaConf.merge(OmegaConf.load(CONF / "backend" / "hf.yaml"), overrides)
-
-
-@pytest.fixture(scope="session")
-def cache_dir() -> Path:
-    return Path(os.environ.get("CRESCENT_CACHE") or Path.home() / ".cache" / "crescent")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """backend=fast: exactness against transformers, reproducible sampling, continuous batching, kernels."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from conftest import model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.fast import (
     FastBackend,
@@ -37,17 +37,8 @@ SAMPLED = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=6)
 KERNELS = ["native", "torch"]
 
 
-def model_cfg(name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), overrides)
-
-
 def fast_cfg(**overrides):
     return OmegaConf.merge(OmegaConf.load(CONF / "backend" / "fast.yaml"), overrides)
-
-
-@pytest.fixture(scope="session")
-def cache_dir() -> Path:
-    return Path(os.environ.get("CRESCENT_CACHE") or Path.home() / ".cache" / "crescent")
 
 
 @pytest.fixture(scope="module")

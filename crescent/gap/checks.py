@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from crescent.config import Rule, float_at_least, int_at_least, nonempty_str, one_of
-from crescent.verify.checks import MISSING, check_rules, get_key, plain, verify_errors
+from crescent.config import MISSING, get_key, rule_errors
+from crescent.verify.checks import plain, verify_errors
 
 PERFECT_POLICIES = ("exclude", "zero")  # questions whose samples are all correct, in the relative gap
 EMPTY_POLICIES = ("unchanged", "exclude")  # questions with no kept sample, in J_f and the gaps
@@ -40,7 +41,7 @@ def gap_errors(cfg: Any) -> list[str]:
     gap = plain(get_key(cfg, "gap"))
     if gap is MISSING or not isinstance(gap, dict):
         return ["  gap: missing (add `+gap=default`, or `- gap: default` to the defaults list)"]
-    errors = check_rules(gap, GAP_RULES, "gap")
+    errors = rule_errors(gap, GAP_RULES, "gap")
     bench = gap.get("benchmark") or {}
     if isinstance(bench, dict) and bench.get("answer_field") is None and bench.get("target") is None:
         errors.append("  gap.benchmark: needs answer_field (a field name) or target (a template)")

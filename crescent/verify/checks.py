@@ -6,12 +6,12 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.config import DTYPES, Rule, float_at_least, float_in, int_at_least, nonempty_str, one_of, optional
+from crescent.config import (DTYPES, Rule, float_at_least, float_in, int_at_least, nonempty_str, one_of, optional,
+                             rule_errors)
 from crescent.verify.filters import FILTERS
 
 VERIFY_NAMES = ("none", "mc", "cot_binary", "cot_score", "tournament", "all_of")
 FORMATS = ("text", "chat")
-MISSING = object()
 
 
 def _has(*fields: str) -> Rule:
@@ -39,27 +39,8 @@ _RULES: dict[str, dict[str, Rule]] = {
 }
 
 
-def get_key(node: Any, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return MISSING
-        node = node[part]
-    return node
-
-
 def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def check_rules(node: Mapping, rules: Mapping[str, Rule], prefix: str) -> list[str]:
-    errors = []
-    for key, rule in rules.items():
-        value = get_key(node, key)
-        if value is MISSING:
-            errors.append(f"  {prefix}.{key}: missing (expected {rule.allowed})")
-        elif not rule.ok(value):
-            errors.append(f"  {prefix}.{key}={value!r} is invalid: expected {rule.allowed}")
-    return errors
 
 
 def verify_errors(vcfg: Any, prefix: str = "verify", member: bool = False) -> list[str]:
@@ -80,7 +61,7 @@ def verify_errors(vcfg: Any, prefix: str = "verify", member: bool = False) -> li
         if not isinstance(members, dict) or not members:
             return [f"  {prefix}.verifiers={members!r} is invalid: expected a non-empty mapping of verify configs"]
         return [e for m, c in members.items() for e in verify_errors(c, f"{prefix}.verifiers.{m}", member=True)]
-    errors = check_rules(vcfg, _RULES[name], prefix)
+    errors = rule_errors(vcfg, _RULES[name], prefix)
     if name == "cot_score" and not errors and not vcfg["score_min"] < vcfg["score_max"]:
         errors.append(f"  {prefix}.score_max={vcfg['score_max']!r} is invalid: expected a number > score_min "
                       f"({vcfg['score_min']!r})")
