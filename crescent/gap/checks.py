@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from crescent.config import Rule, float_at_least, int_at_least, nonempty_str, one_of
-from crescent.config import MISSING, get_key, rule_errors
+from crescent.config import (MISSING, TOP_P, Rule, benchmark_errors, boolean, float_at_least, get_key, int_at_least,
+                             nonempty_str, one_of, optional, rule_errors)
 from crescent.verify.checks import plain, verify_errors
 
 PERFECT_POLICIES = ("exclude", "zero")  # questions whose samples are all correct, in the relative gap
@@ -16,38 +16,37 @@ def _limit_ok(x: Any) -> bool:
         isinstance(x, float) and 0 < x <= 1)
 
 
+def _pass_k_ok(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in x)
+
+
 GAP_RULES: dict[str, Rule] = {
     "limit": Rule("null (use eval.limit), an integer >= 1, or a fraction in (0, 1]", _limit_ok),
     "n_samples": int_at_least(1),
     "temperature": float_at_least(0.0),
-    "top_p": Rule("a number in (0, 1]", lambda x: isinstance(x, (int, float)) and 0 < x <= 1),
+    "top_p": TOP_P,
     "max_new_tokens": int_at_least(1),
     "num_fewshot": int_at_least(0),
-    "chat": one_of((False, True)),
+    "chat": boolean(),
     "chunk": int_at_least(1),
-    "cache": one_of((False, True)),
-    "question_field": Rule("null or a non-empty string", lambda x: x is None or (isinstance(x, str) and x.strip() != "")),
-    "pass_k": Rule("a non-empty list of integers >= 1",
-                   lambda x: isinstance(x, list) and bool(x) and all(isinstance(k, int) and k >= 1 for k in x)),
+    "cache": boolean(),
+    "question_field": optional(nonempty_str()),
+    "pass_k": Rule("a non-empty list of integers >= 1", _pass_k_ok),
     "perfect_question_policy": one_of(PERFECT_POLICIES),
     "empty_keep_policy": one_of(EMPTY_POLICIES),
-    "benchmark.loader": nonempty_str(),
-    "benchmark.question_template": nonempty_str(),
 }
 
 
 def gap_errors(cfg: Any) -> list[str]:
-    """Errors of cfg.gap (the whole run config is passed)."""
+    """Errors of cfg.gap (the whole run config is passed); gap.benchmark is checked as an eval benchmark."""
     gap = plain(get_key(cfg, "gap"))
     if gap is MISSING or not isinstance(gap, dict):
         return ["  gap: missing (add `+gap=default`, or `- gap: default` to the defaults list)"]
-    errors = rule_errors(gap, GAP_RULES, "gap")
-    bench = gap.get("benchmark") or {}
-    if isinstance(bench, dict) and bench.get("answer_field") is None and bench.get("target") is None:
-        errors.append("  gap.benchmark: needs answer_field (a field name) or target (a template)")
-    if isinstance(bench, dict) and bench.get("kind", "generate") != "generate":
-        errors.append(f"  gap.benchmark.kind={bench.get('kind')!r} is invalid: expected 'generate' "
-                      "(answers are extracted numbers)")
+    bench = gap.get("benchmark")
+    errors = rule_errors(gap, GAP_RULES, "gap") + benchmark_errors(bench, "gap.benchmark")
+    if isinstance(bench, dict) and bench.get("kind") == "multiple_choice":
+        errors.append("  gap.benchmark.kind='multiple_choice' is invalid: expected 'generate' (answers are extracted "
+                      "numbers)")
     return errors
 
 

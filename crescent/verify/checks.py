@@ -2,40 +2,33 @@
 ("  key=value is invalid: expected ..."), run before any model loads."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.config import (DTYPES, Rule, float_at_least, float_in, int_at_least, nonempty_str, one_of, optional,
-                             rule_errors)
+from crescent.config import (DTYPES, TOP_P, Rule, device, float_at_least, float_in, int_at_least, maybe,
+                             nonempty_str, one_of, optional, rule_errors, str_list, template)
 from crescent.verify.filters import FILTERS
 
 VERIFY_NAMES = ("none", "mc", "cot_binary", "cot_score", "tournament", "all_of")
 FORMATS = ("text", "chat")
 
 
-def _has(*fields: str) -> Rule:
-    need = " and ".join("{" + f + "}" for f in fields)
-    return Rule(f"a string containing {need}",
-                lambda x: isinstance(x, str) and all("{" + f + "}" in x for f in fields))
-
-
 def _decoding() -> dict[str, Rule]:
-    return {"sampling.temperature": float_at_least(0.0),
-            "sampling.top_p": Rule("a number in (0, 1]", lambda x: isinstance(x, (int, float)) and 0 < x <= 1),
-            "sampling.max_new_tokens": int_at_least(1)}
+    return {"sampling.temperature": float_at_least(0.0), "sampling.top_p": TOP_P,
+            "sampling.max_new_tokens": int_at_least(1), "sampling.stop": maybe(str_list())}
 
 
 _COMMON = {"filter": one_of(FILTERS), "threshold": float_in(0.0, 1.0), "quantile": float_in(0.0, 1.0),
            "format": one_of(FORMATS), "chunk": int_at_least(1), "max_response_chars": optional(int_at_least(16))}
 _RULES: dict[str, dict[str, Rule]] = {
-    "mc": {**_COMMON, "prompt": _has("question", "response"), "positive": nonempty_str(), "negative": nonempty_str(),
-           "batch_size": int_at_least(1), "max_length": optional(int_at_least(16)), "dtype": one_of(DTYPES),
-           "device": optional(nonempty_str())},
-    "cot_binary": {**_COMMON, "prompt": _has("question", "response"), **_decoding()},
-    "cot_score": {**_COMMON, "prompt": _has("question", "response"), **_decoding(),
+    "mc": {**_COMMON, "prompt": template("question", "response"), "positive": nonempty_str(),
+           "negative": nonempty_str(), "batch_size": int_at_least(1), "max_length": optional(int_at_least(16)),
+           "dtype": one_of(DTYPES), "device": optional(device())},
+    "cot_binary": {**_COMMON, "prompt": template("question", "response"), **_decoding()},
+    "cot_score": {**_COMMON, "prompt": template("question", "response"), **_decoding(),
                   "score_min": float_at_least(0.0), "score_max": float_at_least(0.0)},
-    "tournament": {**_COMMON, "prompt": _has("question", "response_a", "response_b"), **_decoding()},
+    "tournament": {**_COMMON, "prompt": template("question", "response_a", "response_b"), **_decoding()},
 }
 
 
