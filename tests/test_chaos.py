@@ -1,5 +1,6 @@
 """Crash safety end to end: experiments/perf/chaos.py with one SIGKILL at startup and one in each stage
-(a small run; the script's default makes 12 kills)."""
+(a small run; the script's default makes 12 kills); the train kill lands after a checkpoint, and the
+rerun must resume from it and end with the reference's steps and loss."""
 import importlib.util
 import sys
 
@@ -27,4 +28,7 @@ def test_sigkill_in_every_stage_then_rerun_matches_an_uninterrupted_run(tmp_path
     assert all(a.outcome == "killed; cache ok" for a in killed)
     assert len({a.stage for a in killed}) >= 2  # spread over the run (which stages exactly depends on timing)
     failed = [(name, detail) for name, ok, detail in report["checks"] if not ok]
-    assert failed == [] and len(report["checks"]) >= 9
+    assert failed == [] and len(report["checks"]) >= 12
+    # the train kill left a mid-training checkpoint and the next run continued from exactly it
+    assert any(step and start == f"step {step}" for _, step, start in report["resumes"]), report["resumes"]
+    assert "training resumed from its last checkpoint" in [name for name, _, _ in report["checks"]]

@@ -1,8 +1,11 @@
 """The train stage on tiny models: loss goes down, export reloads exactly, resume, distil, LoRA."""
 import json
+import os
 
+import lightning as L
 import pytest
 import torch
+from conftest import compose_cfg
 from transformers import AutoModelForCausalLM
 
 from crescent import pipeline
@@ -61,12 +64,82 @@ def test_fit_lowers_loss_and_export_reloads_identically(make_cfg, sft_file, tmp_
     assert read_json(run / "status.json")["status"] == "ok"
 
 
-def test_resume_continues_from_the_saved_step(make_cfg, sft_file, tmp_path):
+def test_resume_continues_from_the_saved_step(make_cfg, sft_file, tmp_path, caplog):
     first = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=1"))["train"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    # train.resume=true continues whatever training config wrote the checkpoint
     second = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=2", "train.resume=true"))["train"]
-    assert second["resumed_from"].endswith("last.ckpt")
+    assert second["resumed_from"].endswith(f"step={first['global_step']}.ckpt")
     assert second["global_step"] == 2 * first["global_step"]
+    # train.resume=auto (the default) only its own: epochs=3 is another config (another lr schedule)
+    with caplog.at_level("WARNING"):
+        third = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=3"))["train"]
+    assert third["resumed_from"] is None and "differs in train.epochs" in caplog.text
+    assert third["global_step"] == 3 * first["global_step"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt")) == [
+        f"epoch=2-step={third['global_step']}.ckpt", "last.ckpt"]  # the other config's checkpoint is gone
+
+
+class StopAfter(L.Callback):
+    """Raises once `steps` optimizer steps are done (after their checkpoint): a crash mid-training."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step >= self.steps:
+            raise RuntimeError(f"stopped at step {trainer.global_step}")
+
+
+def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(make_cfg, sft_file, tmp_path, monkeypatch):
+    # 16 train rows / micro 2 = 8 micro batches, 4 optimizer steps per epoch: step 3 is mid-epoch
+    args = (*TINY, f"train.data={sft_file}", "train.checkpoint_every_n_steps=1")
+    ref_dir, run = tmp_path / "reference" / "run", tmp_path / "run"
+    reference = pipeline.run(compose_cfg(args, tmp_path / "reference"))["train"]
+    for stop in (3, 5):  # mid-epoch 0; then, resumed from step 3, past the epoch end to mid-epoch 1
+        monkeypatch.setattr("crescent.eval.callback.eval_callbacks", lambda *a: [StopAfter(stop)])
+        with pytest.raises(RuntimeError, match=f"stopped at step {stop}"):
+            pipeline.run(make_cfg(*args))
+    monkeypatch.undo()
+    resumed = pipeline.run(make_cfg(*args))["train"]
+    assert resumed["resumed_from"].endswith("epoch=1-step=5.ckpt")
+    assert resumed["global_step"] == reference["global_step"] == 8
+    for key in ("train/loss", "val/loss"):
+        assert resumed["metrics"][key] == reference["metrics"][key]
+    ref_state, state = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                        for d in (ref_dir, run))
+    assert ref_state.keys() == state.keys() and all(torch.equal(ref_state[k], state[k]) for k in ref_state)
+
+    # a rerun of the finished training does not train again and keeps the metrics of the run that trained
+    monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: pytest.fail("trained again"))
+    again = pipeline.run(make_cfg(*args))["train"]
+    assert again["metrics"] == resumed["metrics"] and again["resumed_from"] == resumed["resumed_from"]
+
+
+def test_resuming_from_the_final_checkpoint_keeps_the_metrics(make_cfg, sft_file, tmp_path):
+    """A kill after the last checkpoint but before train_result.json: fit has nothing left to do."""
+    args = (*TINY, f"train.data={sft_file}", "train.epochs=1")
+    first = pipeline.run(make_cfg(*args))["train"]
+    (tmp_path / "run" / "train_result.json").unlink()
+    again = pipeline.run(make_cfg(*args))["train"]
+    assert again["resumed_from"].endswith(f"step={first['global_step']}.ckpt")
+    assert again["global_step"] == first["global_step"]
+    assert again["metrics"]["train/loss"] == first["metrics"]["train/loss"]
+    assert again["metrics"]["val/loss"] == first["metrics"]["val/loss"]
+
+
+def test_eval_parts_key_on_the_exported_weights_not_their_mtime(tmp_path):
+    from crescent.eval.stage import unit_key
+
+    export = tmp_path / "hf_export"
+    export.mkdir()
+    (export / "model.safetensors").write_bytes(b"weights")
+    model = {"name": "x+trained", "local_path": str(export)}
+    key = unit_key({}, {"gsm8k": {}}, model, 0, tmp_path / "cache")
+    os.utime(export / "model.safetensors", (1, 1))  # a re-export of equal weights
+    assert unit_key({}, {"gsm8k": {}}, model, 0, tmp_path / "cache") == key
+    (export / "model.safetensors").write_bytes(b"weightz")
+    assert unit_key({}, {"gsm8k": {}}, model, 0, tmp_path / "cache") != key
 
 
 def test_distil_into_a_weaker_student_with_kd(make_cfg, sft_file):

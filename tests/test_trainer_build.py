@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from crescent.config import ConfigError
 from crescent.train.trainer import (BatchPlan, batch_plan, build_strategy, build_trainer, deepspeed_config,
-                                    needs_deepspeed_cpu_adam, resume_checkpoint)
+                                    needs_deepspeed_cpu_adam, prepare_checkpoints, resume_checkpoint,
+                                    train_fingerprint)
 
 TRAINERS = ("cpu", "gpu", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
 # trainer option -> (zero stage, optimizer offloaded, parameters offloaded)
@@ -141,6 +142,36 @@ def test_resume_checkpoint(tmp_path, caplog):
     last.unlink()
     os.symlink("gone.ckpt", last)  # dangling link: no resume
     assert resume_checkpoint(tmp_path, True) is None
+    (last.parent / "epoch=0-step=2.ckpt").write_bytes(b"x")  # ... unless a checkpoint is left to link to
+    assert resume_checkpoint(tmp_path, True) == str(last.parent / "epoch=0-step=2.ckpt")
+
+
+def test_resume_auto_needs_the_same_training_config(tmp_path, caplog):
+    cfg = compose_cfg(["train.data=tests/data/sft_tiny.jsonl"], tmp_path)
+    data = os.path.join(os.path.dirname(__file__), "data", "sft_tiny.jsonl")
+    fingerprint = train_fingerprint(cfg, data)
+    other = train_fingerprint(compose_cfg(["train.optimizer.lr=0.1", "train.resume=false",
+                                           "train.checkpoint_every_n_steps=5"], tmp_path), data)
+    assert other["hash"] != fingerprint["hash"] and other["train"]["optimizer"]["lr"] == 0.1
+    assert "resume" not in other["train"] and "checkpoint_every_n_steps" not in other["train"]
+    assert resume_checkpoint(tmp_path, "auto", fingerprint) is None  # nothing to resume
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "epoch=0-step=2.ckpt").write_bytes(b"x")
+    os.symlink("epoch=0-step=2.ckpt", ckpt_dir / "last.ckpt")
+    with caplog.at_level("WARNING"):  # no checkpoints/config.json: unknown origin
+        assert resume_checkpoint(tmp_path, "auto", fingerprint) is None
+    assert "another training config" in caplog.text
+    prepare_checkpoints(tmp_path, other, resuming=True)  # keeps the checkpoints, records the config
+    assert resume_checkpoint(tmp_path, "auto", other) == str(ckpt_dir / "last.ckpt")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert resume_checkpoint(tmp_path, "auto", fingerprint) is None
+        assert resume_checkpoint(tmp_path, True, fingerprint) == str(ckpt_dir / "last.ckpt")  # true: anyway
+    assert "differs in train.optimizer.lr" in caplog.text and "continuing from it anyway" in caplog.text
+    prepare_checkpoints(tmp_path, fingerprint, resuming=False)  # a fresh start drops the old checkpoints
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["config.json"]
+    assert resume_checkpoint(tmp_path, True, fingerprint) is None
 
 
 class TinyModule(L.LightningModule):
@@ -194,6 +225,24 @@ def test_fit_writes_last_ckpt_and_resumes(tmp_path):
     # one full checkpoint kept; last.ckpt links to it
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch=2-step=6.ckpt", "last.ckpt"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_symlink()
+
+
+def test_checkpoint_every_n_steps_adds_mid_epoch_checkpoints(tmp_path):
+    class Links(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            last = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+            seen.append(os.path.basename(os.path.realpath(last)) if os.path.exists(last) else None)
+
+    seen = []
+    cfg = compose_cfg(["train.global_batch_size=2", "train.micro_batch_size=2", "train.epochs=2",
+                       "train.checkpoint_every_n_steps=3", "trainer.enable_progress_bar=false"], tmp_path)
+    trainer, _ = build_trainer(cfg, tmp_path / "run", callbacks=[Links()])
+    trainer.fit(TinyModule(), _loader(2))  # 4 steps per epoch
+    assert seen == [None, None, None, "epoch=0-step=3.ckpt", "epoch=0-step=4.ckpt", "epoch=0-step=4.ckpt",
+                    "epoch=1-step=6.ckpt", "epoch=1-step=6.ckpt"]  # steps 3 and 6, and each epoch end
+    assert os.path.realpath(tmp_path / "run" / "checkpoints" / "last.ckpt").endswith("epoch=1-step=8.ckpt")
+    with pytest.raises(ConfigError, match="checkpoint_every_n_steps"):
+        build_trainer(compose_cfg(["train.checkpoint_every_n_steps=-1"], tmp_path), tmp_path / "run")
 
 
 @pytest.mark.gpu

@@ -238,13 +238,14 @@ class LengthGroupedSampler(Sampler[int]):
     length and cut into micro batches; full micro batches are then shuffled (the longest first, so
     out-of-memory shows at step 1) and a partial one stays last, so a DataLoader with
     batch_size=micro_batch_size sees exactly these batches. Deterministic for (seed, epoch).
+    `start` > 0 skips that many micro batches of the next iteration (a mid-epoch resume).
     """
 
     def __init__(self, lengths: Sequence[int], micro_batch_size: int, seed: int = 0, group_by_length: bool = True,
                  mega_batch_mult: int = 50):
         self.lengths, self.micro_batch_size = list(lengths), micro_batch_size
         self.seed, self.group_by_length, self.mega_batch_mult = seed, group_by_length, mega_batch_mult
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -271,7 +272,21 @@ class LengthGroupedSampler(Sampler[int]):
         return batches + tail
 
     def __iter__(self) -> Iterator[int]:
-        return (i for batch in self.batches() for i in batch)
+        start, self.start = self.start, 0
+        return (i for batch in self.batches()[start:] for i in batch)
+
+
+class CountingLoader(DataLoader):
+    """A DataLoader that counts the micro batches of the current epoch it has handed out (from its
+    sampler's `start`), for SFTDataModule.state_dict."""
+
+    batches_done = 0
+
+    def __iter__(self):
+        self.batches_done = getattr(self.sampler, "start", 0)
+        for batch in super().__iter__():
+            self.batches_done += 1  # before the yield: a checkpoint saved at this batch's end counts it
+            yield batch
 
 
 def batch_padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
@@ -302,6 +317,7 @@ class SFTDataModule(L.LightningDataModule):
         self.val_set: list[dict] = []
         self.stats: dict[str, Any] = {}
         self._train_sampler: LengthGroupedSampler | None = None
+        self._train_loader: CountingLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -325,9 +341,11 @@ class SFTDataModule(L.LightningDataModule):
         self.val_set = sorted(val, key=lambda x: len(x["input_ids"]))  # shortest first: little padding
         self.stats["train_sequences"] = len(train)
 
-    def _loader(self, data: list[dict], sampler) -> DataLoader:
-        return DataLoader(data, batch_size=self.micro_batch_size, sampler=sampler, shuffle=False,
-                          collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.num_workers)
+    def _loader(self, data: list[dict], sampler, cls=DataLoader) -> DataLoader:
+        # its own generator: starting an epoch then takes no draw from the global RNG (dropout's)
+        return cls(data, batch_size=self.micro_batch_size, sampler=sampler, shuffle=False,
+                   collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.num_workers,
+                   generator=torch.Generator().manual_seed(self.seed))
 
     def train_sampler(self) -> LengthGroupedSampler:
         if self.train_set is None:
@@ -339,7 +357,20 @@ class SFTDataModule(L.LightningDataModule):
         return self._train_sampler
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.train_sampler())
+        self._train_loader = self._loader(self.train_set, self.train_sampler(), CountingLoader)
+        return self._train_loader
+
+    # Lightning saves state_dict() with each checkpoint and calls load_state_dict() (after setup, before
+    # training) on resume, so a mid-epoch resume continues with the next micro batch of the same epoch
+    # order. (Lightning's own stateful-DataLoader support misses it here: estimated_stepping_batches
+    # builds the loader before the loop state is restored.) Exact on one process; under DDP Lightning
+    # wraps the loader and sampler, and a mid-epoch resume restarts the epoch.
+    def state_dict(self) -> dict:
+        loader = self._train_loader
+        return {"batches_done": loader.batches_done % len(loader)} if loader is not None else {}  # all = 0
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_sampler().start = int(state.get("batches_done", 0))
 
     def val_dataloader(self) -> DataLoader | list:
         """In length order; [] (Lightning then skips validation; None is rejected) when there are no val rows."""

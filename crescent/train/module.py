@@ -66,6 +66,7 @@ class CausalLMModule(L.LightningModule):
             teacher.eval().requires_grad_(False)
         self.model.train()  # transformers 5 loads in eval mode and Lightning keeps module modes
         self._t_step = None
+        self.checkpoint_metrics: dict[str, float] = {}  # those saved with the checkpoint fit resumed from
 
     # -- forward and losses -------------------------------------------------------------------
     def _logits(self, model, batch) -> torch.Tensor:
@@ -110,6 +111,23 @@ class CausalLMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self._losses(batch)
         self.log("val/loss", out["ce"], prog_bar=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+
+    # -- checkpoints: the metrics so far go with each one, so a resume that has nothing left to train
+    # (the checkpoint of the final step) still reports those of the run that trained; the torch RNG
+    # too, so that dropout (LoRA) draws the same masks after a resume
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        metrics = self.trainer.callback_metrics
+        checkpoint["crescent_metrics"] = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
+        checkpoint["crescent_rng"] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.checkpoint_metrics = dict(checkpoint.get("crescent_metrics", {}))
+        rng = checkpoint.get("crescent_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import ConfigError, config_hash
+from crescent.utils.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,16 @@ def _load_teacher(cfg: DictConfig, student_tok):
     return teacher
 
 
+def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
+    """train_result.json of a finished training of this config whose hf_export/ is in place, unless
+    train.resume=false (which always trains)."""
+    path = run_dir / "train_result.json"
+    if str(resume).lower() == "false" or not path.is_file() or not (run_dir / "hf_export" / "config.json").is_file():
+        return None
+    result = read_json(path)
+    return result if result.get("fingerprint") == fingerprint["hash"] else None
+
+
 def run(cfg: DictConfig, tracker=None) -> dict:
     import lightning as L
 
@@ -61,12 +73,19 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     from crescent.train.data import SFTDataModule
     from crescent.train.export import export_hf
     from crescent.train.module import CausalLMModule, apply_lora
-    from crescent.train.trainer import build_trainer, needs_deepspeed_cpu_adam, resume_checkpoint
+    from crescent.train.trainer import (build_trainer, needs_deepspeed_cpu_adam, prepare_checkpoints,
+                                        resume_checkpoint, train_fingerprint)
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     data_path = training_data(cfg)
     tc = cfg.train
+    fingerprint = train_fingerprint(cfg, data_path)
+    done = finished_result(run_dir, fingerprint, tc.resume)
+    if done is not None:
+        log.info("train: %s already holds this training config's result: not training again "
+                 "(train.resume=false retrains)", run_dir / "hf_export")
+        return done
     L.seed_everything(int(tc.seed), workers=True, verbose=False)
     tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype="float32")
     if tc.lora:
@@ -81,18 +100,24 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                          packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed))
     module = CausalLMModule(model, tokenizer, OmegaConf.to_container(tc, resolve=True), teacher=teacher,
                             use_cpu_adam=needs_deepspeed_cpu_adam(cfg.trainer))
-    ckpt = resume_checkpoint(run_dir, bool(tc.resume))
+    ckpt = resume_checkpoint(run_dir, tc.resume, fingerprint)
+    resumed_from = str(Path(ckpt).resolve()) if ckpt else None  # the file last.ckpt links to
+    prepare_checkpoints(run_dir, fingerprint, resuming=ckpt is not None)
+    # SFTDataModule resumes mid-epoch itself (see its state_dict); Lightning only checks the DataLoader.
+    # checkpoints/ holds config.json (and, on a resume, the checkpoints): not a sign of a clash.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     export_dir = export_hf(module.model, tokenizer, run_dir / "hf_export", trainer=trainer,
                            checkpoint_dir=run_dir / "checkpoints")
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # a resume from the final step trains nothing and logs nothing: keep the checkpoint's metrics
+    metrics = {**module.checkpoint_metrics,
+               **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
     result = {
         "data": str(data_path), "export": str(export_dir), "student": cfg.student.name,
-        "global_step": trainer.global_step, "epochs": trainer.current_epoch, "resumed_from": ckpt,
-        "batch_plan": plan._asdict(), "data_stats": getattr(data, "stats", {}),
+        "global_step": trainer.global_step, "epochs": trainer.current_epoch, "resumed_from": resumed_from,
+        "fingerprint": fingerprint["hash"], "batch_plan": plan._asdict(), "data_stats": getattr(data, "stats", {}),
         "metrics": metrics, "wall_s": round(time.perf_counter() - t0, 2),
     }
-    from crescent.utils.io import write_json
-
     write_json(run_dir / "train_result.json", result)
     return result

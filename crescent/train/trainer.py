@@ -2,11 +2,16 @@
 
 - batch_plan: micro-batch / accumulation so that train.global_batch_size holds for any device count.
 - deepspeed_config: the DeepSpeed JSON config, built from trainer.deepspeed (no hand-written JSON).
-- build_trainer: the Trainer with checkpoints/last.ckpt after every epoch; resume_checkpoint finds it.
+- build_trainer: the Trainer with checkpoints/last.ckpt after every epoch (and every
+  train.checkpoint_every_n_steps optimizer steps); resume_checkpoint decides whether to continue from it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +27,7 @@ STRATEGIES = ("auto", "ddp", "deepspeed")
 ZERO_STAGES = (0, 1, 2, 3)
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+FINGERPRINT_FILE = "config.json"  # in CHECKPOINT_DIR: the training config that wrote the checkpoints
 
 
 class BatchPlan(NamedTuple):
@@ -146,16 +152,31 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
-def checkpoint_callback(run_dir: str | Path):
-    """One epoch-end checkpoint kept (the newest), and checkpoints/last.ckpt linking to it.
+def checkpoint_callback(run_dir: str | Path, every_n_steps: int | None = None):
+    """The newest checkpoint kept (written at epoch ends and, if every_n_steps, every n optimizer steps),
+    and checkpoints/last.ckpt linking to it.
 
     save_top_k=0 would write last.ckpt only when fit ends (Lightning 2.6 saves `last` at epoch end only
     if a top-k file was saved at that step), so a killed run could not resume; "link" avoids a 2nd copy."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    return ModelCheckpoint(dirpath=Path(run_dir) / CHECKPOINT_DIR, filename="{epoch}-{step}", save_top_k=1,
-                           save_last="link", every_n_epochs=1, save_on_train_epoch_end=True,
-                           enable_version_counter=False)  # a new run overwrites, never last-v1.ckpt
+    if every_n_steps is not None and int(every_n_steps) < 0:
+        raise ConfigError(f"train.checkpoint_every_n_steps={every_n_steps!r}: null or 0 (epoch ends only) "
+                          "or an integer >= 1")
+
+    class Checkpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, *args, **kwargs):
+            # Not on an epoch's last batch: Lightning 2.6 resumes such a checkpoint with its epoch counter
+            # one short, so the next checkpoint's resume repeats an epoch. The epoch-end one follows.
+            if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                super().on_train_batch_end(trainer, *args, **kwargs)
+
+    callback = Checkpoint(dirpath=Path(run_dir) / CHECKPOINT_DIR, filename="{epoch}-{step}", save_top_k=1,
+                          save_last="link", every_n_epochs=1, save_on_train_epoch_end=True,
+                          enable_version_counter=False)  # a new run overwrites, never last-v1.ckpt
+    # Lightning's constructor takes one trigger only; the step trigger is read from this attribute
+    callback._every_n_train_steps = int(every_n_steps or 0)
+    return callback
 
 
 def build_trainer(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence = (), logger: Any = False):
@@ -167,7 +188,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence = ()
     plan = batch_plan(tc.global_batch_size, tc.micro_batch_size, tr.devices, tr.num_nodes, tr.accelerator)
     deepspeed = tr.strategy == "deepspeed"
     logger = False if logger is None else logger
-    all_callbacks = [checkpoint_callback(run_dir), *callbacks]
+    all_callbacks = [checkpoint_callback(run_dir, tc.get("checkpoint_every_n_steps")), *callbacks]
     if logger:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     max_steps = int(tc.max_steps)
@@ -195,16 +216,82 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence = ()
     return trainer, plan
 
 
-def resume_checkpoint(run_dir: str | Path, resume: bool) -> str | None:
-    """run_dir/checkpoints/last.ckpt when resume and it exists, else None (fresh start)."""
-    last = Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if not resume:
-        if last.exists():
-            log.info("%s exists but train.resume=false: training starts from scratch and replaces it", last)
+def train_fingerprint(cfg: DictConfig, data_path: str | Path) -> dict:
+    """What decides the trained weights: train.* (less resume, checkpointing and the data path), the
+    precision, the student (and the KD teacher), the data file's sha256; "hash" sums it up."""
+    from crescent.models.embedded import file_sha256
+
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    for key in ("resume", "checkpoint_every_n_steps", "data"):
+        train.pop(key, None)
+    parts = {"train": train, "precision": str(cfg.trainer.precision),
+             "student": OmegaConf.to_container(cfg.student, resolve=True),
+             "teacher": OmegaConf.to_container(cfg.teacher, resolve=True) if float(train["kd"]["alpha"]) > 0 else None,
+             "data_sha256": file_sha256(data_path, cfg.paths.cache_dir)}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return {"hash": hashlib.sha256(blob).hexdigest()[:16], **parts}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _fingerprint_diff(saved: dict | None, fingerprint: dict) -> str:
+    if not saved:
+        return f"no {CHECKPOINT_DIR}/{FINGERPRINT_FILE} says which"
+    a, b = _flat(saved), _flat(fingerprint)
+    keys = sorted(k for k in a.keys() | b.keys() if k != "hash" and a.get(k) != b.get(k))
+    return "differs in " + ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+
+
+def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict | None = None) -> str | None:
+    """run_dir/checkpoints/last.ckpt to continue from, or None (fresh start).
+
+    resume=false: never; true: whenever it exists (a warning if another training config wrote it);
+    "auto": only when checkpoints/config.json holds this `fingerprint` (else a warning and a fresh start)."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    last = ckpt_dir / LAST_CHECKPOINT
+    mode = str(resume).lower()
+    if mode == "false":
+        log.info("train.resume=false: training starts from scratch%s", f" and replaces {last}" if last.exists() else "")
         return None
-    if last.exists():
-        log.info("train.resume=true: continuing from %s", last)
-        return str(last)
-    why = "is a dangling link" if last.is_symlink() else "does not exist"
-    log.warning("train.resume=true but %s %s: training starts from scratch", last, why)
-    return None
+    if last.is_symlink() and not last.exists():  # killed between Lightning's removal of the old one and relink
+        steps = {int(m.group(1)): p for p in ckpt_dir.glob("*.ckpt") if (m := re.search(r"step=(\d+)\.ckpt$", p.name))}
+        last = steps[max(steps)] if steps else last
+    if not last.exists():
+        why = "is a dangling link" if last.is_symlink() else "does not exist"
+        level = logging.WARNING if mode == "true" else logging.INFO
+        log.log(level, "train.resume=%s but %s %s: training starts from scratch", mode, last, why)
+        return None
+    if fingerprint is not None:
+        try:
+            saved = json.loads((ckpt_dir / FINGERPRINT_FILE).read_text())
+        except (OSError, ValueError):
+            saved = None
+        if (saved or {}).get("hash") != fingerprint["hash"]:
+            what = f"{last} was written by another training config ({_fingerprint_diff(saved, fingerprint)})"
+            if mode == "auto":
+                log.warning("train.resume=auto: %s: training starts from scratch", what)
+                return None
+            log.warning("train.resume=true: %s: continuing from it anyway", what)
+    log.info("train.resume=%s: continuing from %s", mode, last.resolve())
+    return str(last)
+
+
+def prepare_checkpoints(run_dir: str | Path, fingerprint: dict, resuming: bool) -> None:
+    """Before fit: a fresh start removes older checkpoints (so a later resume cannot take one of them for
+    this config's), then checkpoints/config.json records the config that writes the next ones."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    if not resuming and ckpt_dir.is_dir():
+        (ckpt_dir / LAST_CHECKPOINT).unlink(missing_ok=True)  # first: a kill from here on means no resume
+        for path in ckpt_dir.glob("*.ckpt"):  # DeepSpeed checkpoints are folders
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    from crescent.utils.io import write_json
+
+    write_json(ckpt_dir / FINGERPRINT_FILE, fingerprint)
