@@ -7,10 +7,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from crescent import pipeline
-from crescent.config import ConfigError, validate
+from crescent.config import ConfigError, config_hash, synth_config, validate
 from crescent.synth.formats import format_messages
 from crescent.synth.reflect import outcome, reflect
 from crescent.synth.sft import build_sft_rows
+from crescent.synth.verified import apply_kept, verify_answers
 from crescent.synth.sources import answer_prompt, bait_prompt, dataset_questions, round_prompts
 from crescent.utils.io import read_json, read_jsonl
 
@@ -158,3 +159,29 @@ def test_two_rounds_chain_the_exports_and_summarise(make_cfg, tmp_path):
     assert (root / "rounds" / "summary.png").stat().st_size > 1000
     assert (root / "rounds" / "summary.md").read_text().count("\n| ") == 3  # header + 2 rounds
     assert read_json(root / "status.json")["status"] == "ok"
+
+
+def test_apply_kept_drops_rejected_samples_before_the_vote():
+    item = {"id": "q", "question": "Q?", "responses": ["a", "b", "c"], "answers": ["1", "2", "2"]}
+    out = apply_kept([item], [[True, False, True]], [[0.9, 0.1, 0.7]])
+    assert out[0]["answers"] == ["1", "2"] and out[0]["responses"] == ["a", "c"]
+    assert out[0]["verify_scores"] == [0.9, 0.7] and out[0]["verified_from"] == 3
+    assert item["answers"] == ["1", "2", "2"]  # input untouched
+
+
+def test_verify_in_the_generate_stage_filters_and_records(make_cfg, tmp_path):
+    base = ("debug=default", "questions=dataset", "voting.k=3", "dedup=none", "sampling.num_questions=3",
+            "sampling.answer.max_new_tokens=16")
+    cfg = make_cfg(*base, "verify=mc", "verify.threshold=0.99")
+    manifest = pipeline.run(cfg)["generate"]
+    counts, work = manifest["counts"], Path(manifest["cache_dir"])
+    assert counts["verify_verifier"] == "mc" and counts["verify_samples"] == 9
+    assert counts["verify_kept"] + counts["verify_rejected"] == 9
+    rejections = [r for r in read_jsonl(tmp_path / "run" / "synth" / "rejections.jsonl") if r["stage"] == "verify"]
+    assert len(rejections) == counts["verify_rejected"] and all(r["score"] < 0.99 for r in rejections)
+    plain = make_cfg(*base, f"paths.output_dir={tmp_path}/plain")
+    assert config_hash(plain) != config_hash(cfg) and "verify" not in synth_config(plain)  # none: old cache keys
+    record = read_json(work / "verify" / "result.json")
+    out, rej, _ = verify_answers(cfg, work, list(read_jsonl(work / "answers.jsonl")),
+                                 lambda: (_ for _ in ()).throw(AssertionError("re-verified")))
+    assert rej == record["rejections"] and sum(len(o["answers"]) for o in out) == counts["verify_kept"]

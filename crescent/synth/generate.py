@@ -21,6 +21,7 @@ from crescent.config import config_hash, synth_config
 from crescent.synth.answers import answer_questions
 from crescent.synth.questions import generate_questions
 from crescent.synth.sft import build_sft_rows
+from crescent.synth.verified import verify_answers
 from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -141,15 +142,16 @@ def _generate_into(cfg: DictConfig, workdir: Path) -> dict:
 
         answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend)
     write_jsonl(workdir / "answers.jsonl", answered)
+    answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend)
     rows, vote_counts = build_sft_rows(
         answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement), seed=int(cfg.seed),
         keep=cfg.voting.get("keep", "first"), formats=list(cfg.questions.get("formats") or ["chat"]),
         exemplars=[dict(e) for e in cfg.questions.get("exemplars") or []])
     write_jsonl(workdir / "sft.jsonl", rows)
-    write_jsonl(workdir / "rejections.jsonl", [r for rec in records for r in rec["rejections"]])
+    write_jsonl(workdir / "rejections.jsonl", [r for rec in records for r in rec["rejections"]] + verify_rejections)
     t_q = sum(r["seconds"] for r in records)
     t_a = sum(read_json(p)["seconds"] for p in sorted((workdir / "answers").glob("chunk_*.json")))
-    manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts}, t_q, t_a)
+    manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts, **verify_counts}, t_q, t_a)
     write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
     return manifest
 

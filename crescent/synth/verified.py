@@ -1,0 +1,50 @@
+"""Self-verification inside the generate stage (verify=<name>, default none): the model judges its own k
+answers and only the kept ones go to the vote. The result is written once (verify/result.json) so a rerun
+resumes after it; rejected samples are recorded in rejections.jsonl with their scores (stage "verify")."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from crescent.utils.io import read_json, write_json
+from crescent.utils.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+def apply_kept(answered: list[dict], kept: list[list[bool]], scores: list[list[float | None]]) -> list[dict]:
+    """Each item with only its kept responses/answers (verify_scores alongside; all dropped -> empty lists)."""
+    out = []
+    for item, keep, score in zip(answered, kept, scores):
+        pick = [i for i, k in enumerate(keep) if k]
+        out.append({**item, "responses": [item["responses"][i] for i in pick],
+                    "answers": [item["answers"][i] for i in pick], "verify_scores": [score[i] for i in pick],
+                    "verified_from": len(keep)})
+    return out
+
+
+def verify_answers(cfg: DictConfig, workdir: Path, answered: list[dict], get_backend: Callable) -> tuple[list[dict], list[dict], dict]:
+    """(answered with rejected samples removed, rejection rows, counts); a no-op for verify=none."""
+    vcfg = cfg.get("verify")
+    if vcfg is None or vcfg.get("name", "none") == "none":
+        return answered, [], {}
+    path = workdir / "verify" / "result.json"
+    record = read_json(path) if path.exists() else None
+    if record is None or record.get("ids") != [a["id"] for a in answered]:
+        from crescent.verify import build_judge, verify_samples
+
+        log.info("self-verifying %d questions' answers with verify=%s", len(answered), vcfg.name)
+        items = [{"id": a["id"], "question": a["question"], "responses": a["responses"], "answers": a["answers"]}
+                 for a in answered]
+        result = verify_samples(build_judge(get_backend, cfg), items, OmegaConf.to_container(vcfg, resolve=True),
+                                derive_seed(int(cfg.seed), "synth_verify"))
+        record = {"ids": [a["id"] for a in answered], "kept": result.kept, "scores": result.scores,
+                  "rejections": [{**r, "stage": "verify", "reason": ",".join(r["reasons"]) or "rejected"}
+                                 for r in result.rejections],
+                  "counts": result.counts}
+        write_json(path, record)
+    counts = {f"verify_{k}": v for k, v in record["counts"].items() if isinstance(v, (int, float, str))}
+    return apply_kept(answered, record["kept"], record["scores"]), record["rejections"], counts
