@@ -120,3 +120,25 @@ def test_gsm8k_on_the_embedded_model_equals_lm_evals_task(make_cfg):
     assert [(r["filter"], r["value"]) for r in harness.result_rows(a, "x")] == \
         [(r["filter"], r["value"]) for r in harness.result_rows(b, "x")]
     assert [s["filtered_resps"] for s in a["samples"]["gsm8k"]] == [s["filtered_resps"] for s in b["samples"]["lm_eval_gsm8k"]]
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_fast_generator_answers_as_hflm_does(make_cfg, tiny_lm, shots):
+    """eval.generator=fast (continuous batching) vs HFLM's own generate, one request per batch (no padding), fp32:
+    the same responses, extracted answers and scores."""
+    from crescent.eval.fast_lm import FastLM
+
+    fast = harness.make_lm(tiny_lm.model, tiny_lm.tokenizer, batch_size=4, max_length=2048, generator="fast")
+    assert isinstance(fast, FastLM)
+    plain = harness.make_lm(tiny_lm.model, tiny_lm.tokenizer, batch_size=1, max_length=2048)
+    task = ours(make_cfg, "gsm8k", max_gen_toks=24)
+    a, b = (harness.evaluate(lm, [task], shots, {}, limit=4) for lm in (fast, plain))
+    assert harness.result_rows(a, "x") == harness.result_rows(b, "x")
+    key = [(s["doc_id"], s["filter"], s["resps"], s["filtered_resps"]) for s in a["samples"]["gsm8k"]]
+    assert key == [(s["doc_id"], s["filter"], s["resps"], s["filtered_resps"]) for s in b["samples"]["gsm8k"]]
+    assert fast.fast.last_stats["sequences"] == 4 and sum(fast.fast.last_stats["lengths"]) > 20  # real text
+
+
+def test_unknown_generator_is_rejected(tiny_lm):
+    with pytest.raises(ValueError, match="eval.generator='vllm'"):
+        harness.make_lm(tiny_lm.model, tiny_lm.tokenizer, batch_size=1, max_length=64, generator="vllm")

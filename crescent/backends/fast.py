@@ -3,8 +3,9 @@
 Weights come from the loaded transformers model (bf16 where the CPU runs it natively, else fp32). Every decode
 step advances all busy slots of a static KV cache by one token; a finished sequence leaves at once and the next
 pending request takes a slot in the same step. A prompt is prefilled once and its KV copied into every slot that
-samples it. Sampling draws come from a counter-based hash of (seed, request index, token index), so a request's
-output does not depend on which other requests share its steps or which slot it runs in.
+samples it; the new prompts of one admission are prefilled together in one forward. Sampling draws come from a
+counter-based hash of (seed, request index, token index), so a request's output does not depend on which other
+requests share its steps or which slot it runs in (in bf16, up to GEMM_BLOCK rows per step; see below).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ KERNELS = ("auto", "native", "torch")
 # project's CPU give other bits below ~48 rows). Decode GEMMs run on the active rows padded to a multiple of this,
 # so a row's logits do not depend on how many other rows share the step (bit-identical here for 1-192 rows).
 GEMM_ROWS = 64
+GEMM_BLOCK = 128  # taller inputs run as blocks of this many rows: oneDNN changes kernels again above ~192 rows
+PREFILL_TOKENS = 2048  # prompt tokens prefilled together in one forward (bounds activation memory)
 NUCLEUS_CANDIDATES = 256  # the top-p nucleus is searched among these most likely tokens first
 PACK_ROWS = 128  # oneDNN weight-packing hint (fixed: the packing must not depend on the config)
 
@@ -55,6 +58,11 @@ class Linear:
         self.weight = weight if self.packed is None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= GEMM_BLOCK + GEMM_ROWS:
+            return self._mm(x)
+        return torch.cat([self._mm(x[i : i + GEMM_BLOCK]) for i in range(0, x.shape[0], GEMM_BLOCK)])
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -246,22 +254,36 @@ class LlamaForward:
         """LM head on final-normed hidden states: (rows, hidden) -> (rows, vocab) in the model dtype."""
         return self.lm_head(pad_rows(h, gemm_rows(h.shape[0])))[: h.shape[0]]
 
-    def prefill(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One prompt: keys and values (layers, kv_heads, P, D) and the next-token logits (vocab,)."""
-        n = len(ids)
-        self._rope(n)
-        cos, sin = self._cos[:n], self._sin[:n]
-        keys, values = [], []
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Several prompts in one forward (their tokens side by side, each attending only to itself): per prompt
+        its keys and values (layers, kv_heads, P, D) and next-token logits (vocab,). The GEMMs run on the tokens
+        padded to a multiple of GEMM_ROWS, in blocks of GEMM_BLOCK rows, so a prompt's result does not depend on
+        which other prompts share the call."""
+        lengths = [len(ids) for ids in prompts]
+        starts = [sum(lengths[:j]) for j in range(len(lengths))]
+        total = sum(lengths)
+        self._rope(max(lengths))
+        positions = torch.cat([torch.arange(n) for n in lengths])
+        cos, sin = self._cos[positions], self._sin[positions]
+        keys: list[list[torch.Tensor]] = [[] for _ in prompts]
+        values: list[list[torch.Tensor]] = [[] for _ in prompts]
+        padded = gemm_rows(total)
 
         def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
-            q, k, v = (t.transpose(0, 1) for t in self._split_rotate(qkv, cos, sin))  # (heads, P, D)
-            keys.append(k)
-            values.append(v)
-            attn = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)
-            return attn[0].transpose(0, 1).reshape(n, -1)
+            q, k, v = self._split_rotate(qkv[:total], cos, sin)
+            out = qkv.new_zeros(padded, self.heads * self.head_dim)
+            for j, (lo, n) in enumerate(zip(starts, lengths)):
+                qj, kj, vj = (t[lo : lo + n].transpose(0, 1) for t in (q, k, v))  # (heads, P, D)
+                keys[j].append(kj)
+                values[j].append(vj)
+                attn = F.scaled_dot_product_attention(qj[None], kj[None], vj[None], is_causal=True, enable_gqa=True)
+                out[lo : lo + n] = attn[0].transpose(0, 1).reshape(n, -1)
+            return out
 
-        h = self._layers(self.embed[torch.tensor(ids)], attend)
-        return torch.stack(keys), torch.stack(values), self.logits(h[-1:])[0]
+        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.int64)
+        h = self._layers(self.embed[pad_rows(ids, padded)], attend)
+        logits = self.logits(h[[lo + n - 1 for lo, n in zip(starts, lengths)]])
+        return [(torch.stack(keys[j]), torch.stack(values[j]), logits[j]) for j in range(len(prompts))]
 
     def decode(self, cache: KVCache, tokens: torch.Tensor, prompt_slots: torch.Tensor, prompt_lengths: torch.Tensor,
                generated: torch.Tensor) -> torch.Tensor:
@@ -423,17 +445,27 @@ class _Run:
         while self.pending and self.active < self.slots:
             lo = self.active
             batch = [self.pending.popleft() for _ in range(min(self.slots - lo, len(self.pending)))]
+            self._prefill([self.prompts[r] for r in batch])
             logits = torch.stack([self._start(lo + i, r) for i, r in enumerate(batch)])
             self.active += len(batch)
             if self.stats["steps"]:
                 self.stats["refills"] += len(batch)
             self._retire(self._emit(lo, lo + len(batch), logits))
 
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> None:
+        """Prefill the distinct prompts not yet prefilled, up to PREFILL_TOKENS tokens per forward."""
+        todo = list(dict.fromkeys(ids for ids in prompts if ids not in self.prefilled))
+        while todo:
+            group, tokens = [], 0
+            while todo and (not group or tokens + len(todo[0]) <= PREFILL_TOKENS):
+                tokens += len(todo[0])
+                group.append(todo.pop(0))
+            self.prefilled.update(zip(group, self.forward.prefill(group)))
+            self.stats["prefills"] += len(group)
+            self.stats["prefill_calls"] += 1
+
     def _start(self, row: int, request: int) -> torch.Tensor:
         ids = self.prompts[request]
-        if ids not in self.prefilled:
-            self.prefilled[ids] = self.forward.prefill(ids)
-            self.stats["prefills"] += 1
         k, v, logits = self.prefilled[ids]
         self.unstarted[ids] -= 1
         if self.unstarted[ids] == 0:
@@ -593,16 +625,23 @@ class FastBackend:
         return outputs, Counter(run.stats, slots=slots)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[list[str]]:
+    def generate_tokens(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int) -> list[list[int]]:
+        """Already tokenized prompts -> generated token ids (eos included), params.n per prompt, prompt-major.
+        Stop strings end a sequence but are not cut here (the caller decodes and cuts)."""
         check_params(params)
-        greedy = params.temperature <= 0
-        copies = 1 if greedy else params.n  # greedy copies are identical: generate once
-        requests = [ids for p in prompts for ids in [tuple(self._encode(p))] * copies]  # request r: prompt r // copies
+        copies = 1 if params.temperature <= 0 else params.n  # greedy copies are identical: generate once
+        requests = [ids for p in prompts for ids in [tuple(p)] * copies]  # request r: prompt r // copies
         start = time.perf_counter()
         outputs, stats = self._schedule(requests, params, seed) if requests else ([], Counter())
-        texts = [cut_at_stop(t, params.stop) for t in self.tokenizer.batch_decode(outputs, skip_special_tokens=True)]
         self.last_stats = dict(sequences=len(requests), new_tokens=stats["new_tokens"],
                                seconds=time.perf_counter() - start, steps=stats["steps"], prefills=stats["prefills"],
-                               refills=stats["refills"], slots=stats["slots"], lengths=[len(t) for t in outputs])
-        results = [texts[i * copies : (i + 1) * copies] for i in range(len(prompts))]
-        return [res * params.n if greedy else res for res in results]
+                               prefill_calls=stats["prefill_calls"], refills=stats["refills"], slots=stats["slots"],
+                               lengths=[len(t) for t in outputs])
+        if copies != params.n:
+            outputs = [o for o in outputs for _ in range(params.n)]
+        return outputs
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams, seed: int) -> list[list[str]]:
+        outputs = self.generate_tokens([self._encode(p) for p in prompts], params, seed)
+        texts = [cut_at_stop(t, params.stop) for t in self.tokenizer.batch_decode(outputs, skip_special_tokens=True)]
+        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]

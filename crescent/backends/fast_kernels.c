@@ -173,30 +173,42 @@ static void scores_bf16(const uint16_t* q, const uint16_t* k, float* s, float* q
     }
 }
 
+#if defined(__AVX512F__)
+/* o[g0..g0+NB) x [d0, d0+64) = p v; NB (a compile-time constant where inlined) heads x 64 dims of accumulators in
+ * registers; heads past G get zero weights */
+static inline __attribute__((always_inline)) void weighted_block(const float* p, const uint16_t* v, float* o, int64_t L,
+                                                                 int64_t G, int64_t D, int64_t g0, int64_t d0,
+                                                                 const int NB) {
+    __m512 acc[4][4];
+    for (int i = 0; i < NB; i++)
+        for (int c = 0; c < 4; c++) acc[i][c] = _mm512_setzero_ps();
+    for (int64_t w = 0; w < L; w++) {
+        for (int64_t line = 0; line < 128; line += 64) /* the row 16 ahead, both cache lines */
+            _mm_prefetch((const char*)(v + (w + 16) * D + d0) + line, _MM_HINT_T0);
+        __m512 x[4];
+        for (int c = 0; c < 4; c++)
+            x[c] = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + w * D + d0 + 16 * c))), 16));
+        for (int i = 0; i < NB; i++) {
+            __m512 pi = _mm512_set1_ps(g0 + i < G ? p[(g0 + i) * L + w] : 0.0f);
+            for (int c = 0; c < 4; c++) acc[i][c] = _mm512_fmadd_ps(pi, x[c], acc[i][c]);
+        }
+    }
+    for (int i = 0; i < NB && g0 + i < G; i++)
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(o + (g0 + i) * D + d0 + 16 * c, acc[i][c]);
+}
+#endif
+
 /* o (G, D) = p v for weights p (G, L) and bf16 v (L, D) */
 static void weighted_bf16(const float* p, const uint16_t* v, float* o, float* row, int64_t L, int64_t G, int64_t D) {
 #if defined(__AVX512F__)
-    if (D % 64 == 0) { /* 4 heads x 64 dims of accumulators stay in registers */
-        for (int64_t g0 = 0; g0 < G; g0 += 4)
-            for (int64_t d0 = 0; d0 < D; d0 += 64) {
-                __m512 acc[4][4];
-                for (int i = 0; i < 4; i++)
-                    for (int c = 0; c < 4; c++) acc[i][c] = _mm512_setzero_ps();
-                for (int64_t w = 0; w < L; w++) {
-                    for (int64_t line = 0; line < 128; line += 64)  /* the row 16 ahead, both cache lines */
-                        _mm_prefetch((const char*)(v + (w + 16) * D + d0) + line, _MM_HINT_T0);
-                    __m512 x[4];
-                    for (int c = 0; c < 4; c++)
-                        x[c] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + w * D + d0 + 16 * c))), 16));
-                    for (int i = 0; i < 4; i++) {
-                        __m512 pi = _mm512_set1_ps(g0 + i < G ? p[(g0 + i) * L + w] : 0.0f);
-                        for (int c = 0; c < 4; c++) acc[i][c] = _mm512_fmadd_ps(pi, x[c], acc[i][c]);
-                    }
-                }
-                for (int i = 0; i < 4 && g0 + i < G; i++)
-                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(o + (g0 + i) * D + d0 + 16 * c, acc[i][c]);
-            }
+    if (D % 64 == 0) { /* blocks of 3 heads when G is a multiple of 3 (no wasted lanes), else of 4 */
+        for (int64_t d0 = 0; d0 < D; d0 += 64) {
+            if (G % 3 == 0)
+                for (int64_t g0 = 0; g0 < G; g0 += 3) weighted_block(p, v, o, L, G, D, g0, d0, 3);
+            else
+                for (int64_t g0 = 0; g0 < G; g0 += 4) weighted_block(p, v, o, L, G, D, g0, d0, 4);
+        }
         return;
     }
 #endif

@@ -24,15 +24,46 @@ def lm_eval_version() -> str:
     return version("lm_eval")
 
 
-def make_lm(model, tokenizer, batch_size: int, max_length: int):
-    """HFLM over an already loaded model (no copy). batch_size goes to HFLM itself: simple_evaluate's
-    batch_size is ignored for LM instances."""
+GENERATORS = ("hf", "fast", "auto")
+
+
+def make_lm(model, tokenizer, batch_size: int, max_length: int, generator: str = "hf", fast_slots: int = 128,
+            cache_dir=None):
+    """An lm-eval model over an already loaded model (no copy). batch_size goes to HFLM itself: simple_evaluate's
+    batch_size is ignored for LM instances. generator: hf = HFLM's generate; fast = crescent's continuous-batching
+    backend for generate_until (Llama-family models on CPU); auto = fast where it runs, else hf."""
     from lm_eval.models.huggingface import HFLM
 
+    if generator not in GENERATORS:
+        raise ValueError(f"eval.generator={generator!r}; allowed: {list(GENERATORS)}")
     was_training = model.training
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size), max_length=int(max_length))
+    backend = _fast_backend(model, tokenizer, generator, fast_slots, cache_dir) if generator != "hf" else None
+    if backend is not None:
+        from crescent.eval.fast_lm import FastLM
+
+        lm = FastLM(backend, batch_size, max_length)
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size), max_length=int(max_length))
     model.train(was_training)  # HFLM calls eval() on it; evaluate() switches and restores
     return lm
+
+
+def _fast_backend(model, tokenizer, generator: str, slots: int, cache_dir):
+    from crescent.backends.fast import FastBackend, check_supported
+
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    try:
+        check_supported(model)
+    except ValueError as err:
+        if generator == "fast":
+            raise
+        log.info("eval.generator=auto: %s", err)
+        return None
+    if not on_cpu:
+        if generator == "fast":
+            raise ValueError("eval.generator=fast runs on CPU only (eval.device=cpu); use hf on GPUs")
+        return None
+    return FastBackend(model, tokenizer, batch_size=slots, cache_dir=cache_dir)
 
 
 def task_manager():

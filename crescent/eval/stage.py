@@ -22,7 +22,7 @@ from crescent.utils.io import read_json, write_json, write_jsonl
 log = logging.getLogger(__name__)
 # settings that change scores (recorded in results.json, part of each unit's cache key)
 SETTINGS = ("limit", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "max_gen_toks",
-            "max_length", "dtype", "bootstrap_iters", "random_seed", "fewshot_random_seed")
+            "max_length", "dtype", "bootstrap_iters", "random_seed", "fewshot_random_seed", "generator")
 
 
 def shots_list(value: Any) -> list[int]:
@@ -78,13 +78,18 @@ def models_to_score(cfg: DictConfig) -> dict[str, dict]:
     return out
 
 
-def _weights_stamp(model_cfg: dict) -> list:
-    path = Path(model_cfg.get("local_path") or "")
-    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.glob("*.safetensors"))
+def _weights_stamp(model_cfg: dict, cache_dir: str | Path) -> list:
+    """(name, sha256) of a local model's weight files: a re-export of equal weights keeps its eval parts."""
+    from crescent.models.embedded import file_sha256
+
+    if not model_cfg.get("local_path"):
+        return []
+    return sorted((p.name, file_sha256(p, cache_dir)) for p in Path(model_cfg["local_path"]).glob("*.safetensors"))
 
 
-def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int) -> str:
-    blob = json.dumps([settings, benchmarks, model_cfg, _weights_stamp(model_cfg), shots], sort_keys=True, default=str)
+def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cache_dir: str | Path) -> str:
+    blob = json.dumps([settings, benchmarks, model_cfg, _weights_stamp(model_cfg, cache_dir), shots],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -121,7 +126,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     for tag, model_cfg in models.items():
         lm = None
         for shots, unit in shot_plan(benchmarks, ec.num_fewshot).items():
-            key = unit_key(settings, unit, model_cfg, shots)
+            key = unit_key(settings, unit, model_cfg, shots, cfg.paths.cache_dir)
             part = out / "parts" / f"{tag}_{shots}shot.json"
             if part.is_file() and read_json(part).get("key") == key:
                 log.info("eval: %s %d-shot already scored (%s)", tag, shots, part)
@@ -163,7 +168,8 @@ def _load_lm(model_cfg: dict, cfg: DictConfig):
     from crescent.models.loading import load_model_and_tokenizer
 
     tok, model = load_model_and_tokenizer(model_cfg, cfg.paths.cache_dir, dtype=cfg.eval.dtype, device=cfg.eval.device)
-    return make_lm(model, tok, cfg.eval.batch_size, cfg.eval.max_length)
+    return make_lm(model, tok, cfg.eval.batch_size, cfg.eval.max_length, generator=cfg.eval.get("generator", "hf"),
+                   fast_slots=int(cfg.eval.get("fast_slots", 128)), cache_dir=cfg.paths.cache_dir)
 
 
 def _log_samples(tracker, paths: list[Path], per_file: int = 50) -> None:
