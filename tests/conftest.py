@@ -13,6 +13,17 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# chat and plain prompts of very different lengths, shared by the backend tests
+PROMPTS = [
+    [{"role": "user", "content": "What is 2 + 3?"}],
+    "Question: 1 + 1 =",
+    [
+        {"role": "system", "content": "You are a careful math teacher."},
+        {"role": "user", "content": "Write a long word problem about trains, apples and a bakery."},
+    ],
+    "x",
+    [{"role": "user", "content": "Solve 12 * 7."}],
+]
 
 
 def compose_cfg(overrides=(), tmp_path=None):

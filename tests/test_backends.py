@@ -2,28 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import model_cfg
+from conftest import CONF, PROMPTS, model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.hf import FastSampler, HFBackend, cut_at_stop
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-PROMPTS = [
-    [{"role": "user", "content": "What is 2 + 3?"}],
-    "Question: 1 + 1 =",
-    [
-        {"role": "system", "content": "You are a careful math teacher."},
-        {"role": "user", "content": "Write a long word problem about trains, apples and a bakery."},
-    ],
-    "x",
-    [{"role": "user", "content": "Solve 12 * 7."}],
-]
 
 
 def hf_cfg(**overrides):

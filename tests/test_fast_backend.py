@@ -1,14 +1,12 @@
 """backend=fast: exactness against transformers, reproducible sampling, continuous batching, kernels."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import model_cfg
+from conftest import CONF, PROMPTS, model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.fast import (
     FastBackend,
@@ -22,17 +20,6 @@ from crescent.backends.fast import (
 from crescent.backends.hf import HFBackend
 from crescent.backends.native import load_kernels
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-PROMPTS = [
-    [{"role": "user", "content": "What is 2 + 3?"}],
-    "Question: 1 + 1 =",
-    [
-        {"role": "system", "content": "You are a careful math teacher."},
-        {"role": "user", "content": "Write a long word problem about trains, apples and a bakery."},
-    ],
-    "x",
-    [{"role": "user", "content": "Solve 12 * 7."}],
-]
 SAMPLED = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=6)
 KERNELS = ["native", "torch"]
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from crescent.utils.io import read_json, write_json
 from crescent.utils.seeding import derive_seed
@@ -39,8 +39,7 @@ def verify_answers(cfg: DictConfig, workdir: Path, answered: list[dict], get_bac
         log.info("self-verifying %d questions' answers with verify=%s", len(answered), vcfg.name)
         items = [{"id": a["id"], "question": a["question"], "responses": a["responses"], "answers": a["answers"]}
                  for a in answered]
-        result = verify_samples(build_judge(get_backend, cfg), items, OmegaConf.to_container(vcfg, resolve=True),
-                                derive_seed(int(cfg.seed), "synth_verify"))
+        result = verify_samples(build_judge(get_backend, cfg), items, vcfg, derive_seed(int(cfg.seed), "synth_verify"))
         record = {"ids": [a["id"] for a in answered], "kept": result.kept, "scores": result.scores,
                   "rejections": [{**r, "stage": "verify", "reason": ",".join(r["reasons"]) or "rejected"}
                                  for r in result.rejections],

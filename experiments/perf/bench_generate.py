@@ -23,30 +23,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from perf_common import REPO, RESULTS, machine_info  # noqa: E402  (offline HF, the repo on sys.path)
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from crescent.backends.base import SamplingParams  # noqa: E402
 from crescent.backends.fast import FastBackend, Linear  # noqa: E402
 from crescent.backends.hf import HFBackend  # noqa: E402
 from crescent.models.loading import bf16_is_fast, load_model_and_tokenizer  # noqa: E402
 
-RESULTS = REPO / "experiments" / "perf" / "results"
 ANSWER_PROMPT = ("{question} Please think step by step and provide a detailed explanation. Please provide the answer "
                  "figure in the end of the response: \n\n#### Answer: ")  # conf/questions/bait.yaml
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis", "Tina", "Randy"]
@@ -289,10 +281,7 @@ def main(argv=None) -> int:
         "speedup_fast_vs_hf_best_sweep": max(r["tokens_per_s"] for r in sweep_rows if r["backend"] == "fast")
         / hf_best["tokens_per_s"],
         "wall_s": round(time.time() - t_start, 1),
-        "env": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                "python": platform.python_version(), "torch": torch.__version__, "loadavg_at_start": load_start,
-                "loadavg_at_end": os.getloadavg(),
-                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)},
+        "env": machine_info(load_start),
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,29 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from perf_common import REPO, RESULTS, machine_info  # noqa: E402  (offline HF, the repo on sys.path)
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from crescent.models.loading import load_model, load_tokenizer, resolve_model_dir  # noqa: E402
 from crescent.train.data import SFTDataModule, collate  # noqa: E402
 
-RESULTS = REPO / "experiments" / "perf" / "results"
 LAYOUTS = {  # name: (packing, group_by_length)
     "random": (False, False),
     "grouped": (False, True),
@@ -210,10 +202,7 @@ def main(argv=None) -> int:
     out = {
         "command": "python experiments/perf/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "args": vars(args), "results": results, "wall_s": round(time.time() - t_start, 1),
-        "env": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
-                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)},
+        "env": machine_info(load_start),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

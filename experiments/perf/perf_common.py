@@ -1,0 +1,27 @@
+"""Shared by the benchmark scripts (run as `python experiments/perf/<script>.py`): offline HF, the repo on
+sys.path, the results folder, and the machine facts recorded with every result."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "experiments" / "perf" / "results"
+
+
+def machine_info(load_start) -> dict:
+    """Cores, threads, versions, load average at start and now, peak RSS."""
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "loadavg_at_start": load_start,
+            "loadavg_at_end": os.getloadavg(),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
