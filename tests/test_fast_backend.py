@@ -10,7 +10,10 @@ from conftest import CONF, PROMPTS, model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.fast import (
     FastBackend,
+    Linear,
     LlamaForward,
+    gemm_rows,
+    pad_rows,
     request_keys,
     rms_norm,
     sample,
@@ -18,7 +21,8 @@ from crescent.backends.fast import (
     uniforms,
 )
 from crescent.backends.hf import HFBackend
-from crescent.backends.native import load_kernels
+from crescent.models.loading import bf16_is_fast
+from crescent.backends.native import block_keys, load_kernels, unblock_keys
 
 SAMPLED = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=6)
 KERNELS = ["native", "torch"]
@@ -142,6 +146,18 @@ def test_sampling_is_reproducible_and_leaves_the_global_rng_alone(tiny):
     assert all(len(set(o)) > 1 for o in first)  # the n samples of a prompt differ
 
 
+@pytest.mark.skipif(not bf16_is_fast("cpu"), reason="bf16 GEMMs are not native on this CPU")
+@pytest.mark.parametrize("shape", [(960, 576), (3072, 576), (576, 1536)])
+def test_bf16_gemm_rows_do_not_depend_on_the_row_count(shape):
+    """The padding and row blocks of Linear keep each row's bits whatever the number of rows (1 to 400)."""
+    gen = torch.Generator().manual_seed(0)
+    linear = Linear(torch.randn(*shape, generator=gen).bfloat16())
+    x = torch.randn(400, shape[1], generator=gen).bfloat16()
+    reference = linear(x)
+    for rows in (1, 5, 36, 37, 47, 48, 64, 100, 128, 191, 192, 200, 255, 256, 300, 383):
+        assert torch.equal(linear(pad_rows(x[:rows], gemm_rows(rows)))[:rows], reference[:rows]), rows
+
+
 @pytest.mark.parametrize("kernels_name", KERNELS)
 def test_samples_do_not_depend_on_slots_or_batch_composition(tiny, kernels_name):
     reference = tiny.generate(PROMPTS, SAMPLED, seed=3)
@@ -259,12 +275,19 @@ def attention_inputs(dtype, kv_heads, groups, dim, rows=11):
         return torch.randn(*shape, generator=gen).to(dtype)
 
     q = rand(rows, kv_heads * groups, dim)
-    pk, pv = rand(3, kv_heads, 40, dim), rand(3, kv_heads, 40, dim)
+    pk, pv = rand(3, kv_heads, 48, dim), rand(3, kv_heads, 48, dim)
     pre = torch.tensor([0, 0, 1, 0, 2, 0, 0, 1, 0, 0, 0])[:rows]
     plen = torch.tensor([33, 5, 40])[pre]
-    k, v = rand(rows + 2, kv_heads, 50, dim), rand(rows + 2, kv_heads, 50, dim)
+    k, v = rand(rows + 2, kv_heads, 64, dim), rand(rows + 2, kv_heads, 64, dim)
     glen = torch.tensor([1, 2, 16, 17, 50, 3, 31, 32, 33, 7, 1])[:rows]
     return q, (pk, pv, pre, plen), (k, v, glen)
+
+
+def native_attention(kernels, q, prefix, generated):
+    """kernels.attention on plain-layout keys (the kernels read them blocked)."""
+    pk, pv, pre, plen = prefix
+    k, v, glen = generated
+    return kernels.attention(q, (block_keys(pk), pv, pre, plen), (block_keys(k), v, glen))
 
 
 def reference_attention(q, prefix, generated):
@@ -285,14 +308,16 @@ def test_native_attention_matches_sdpa(kernels, dtype, kv_heads, groups, dim):
     q, prefix, generated = attention_inputs(dtype, kv_heads, groups, dim)
     expected = reference_attention(q, prefix, generated)
     atol = 1e-5 if dtype == torch.float32 else 2e-2
-    native = kernels.attention(q, prefix, generated)
+    native = native_attention(kernels, q, prefix, generated)
     assert torch.allclose(native.float(), expected, atol=atol)
     assert torch.allclose(sdpa_decode(q, prefix, generated).float(), expected, atol=atol)
     # a row's result does not depend on the other rows, nor on which rows share its prompt
     pk, pv, pre, plen = prefix
     k, v, glen = generated
-    alone = kernels.attention(q[3:4], (pk, pv, pre[3:4], plen[3:4]), (k[3:], v[3:], glen[3:4]))
+    alone = native_attention(kernels, q[3:4], (pk, pv, pre[3:4], plen[3:4]), (k[3:], v[3:], glen[3:4]))
     assert torch.equal(alone, native[3:4])
+    with pytest.raises(ValueError, match="multiples of 16"):
+        kernels.attention(q, prefix, (k[:, :, :50].contiguous(), v[:, :, :50].contiguous(), glen))
 
 
 def test_attention_ignores_positions_past_each_row(kernels):
@@ -305,7 +330,7 @@ def test_attention_ignores_positions_past_each_row(kernels):
     for row, length in enumerate(glen.tolist()):
         k[row, :, length:], v[row, :, length:] = 1e3, -1e3
     assert torch.allclose(sdpa_decode(q, prefix, generated), expected, atol=1e-6)
-    assert torch.allclose(kernels.attention(q, prefix, generated), expected, atol=1e-5)
+    assert torch.allclose(native_attention(kernels, q, prefix, generated), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -320,7 +345,7 @@ def test_native_rope_store_matches_torch(kernels, dtype):
     cache = forward.new_cache(1, 1, 6, 32)
     q_native = kernels.rope_store(qkv, cos, sin, positions, cache.k[0], cache.v[0], heads)
     assert torch.equal(q_native, q)
-    assert torch.equal(cache.k[0][torch.arange(5), :, positions], k)
+    assert torch.equal(unblock_keys(cache.k[0])[torch.arange(5), :, positions], k)
     assert torch.equal(cache.v[0][torch.arange(5), :, positions], v)
 
 

@@ -5,7 +5,7 @@ step advances all busy slots of a static KV cache by one token; a finished seque
 pending request takes a slot in the same step. A prompt is prefilled once and its KV copied into every slot that
 samples it; the new prompts of one admission are prefilled together in one forward. Sampling draws come from a
 counter-based hash of (seed, request index, token index), so a request's output does not depend on which other
-requests share its steps or which slot it runs in (in bf16, up to GEMM_BLOCK rows per step; see below).
+requests share its steps or which slot it runs in (in bf16 too: see GEMM_ROWS).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from crescent.backends.base import Prompt, SamplingParams
 from crescent.backends.hf import cut_at_stop
+from crescent.backends.native import KEY_BLOCK, block_keys
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,12 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCa
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # fixed inverse frequencies (no length-dependent rescaling)
 KERNELS = ("auto", "native", "torch")
 # GEMM libraries pick kernels by row count, and the kernel changes the rounding (oneDNN's bf16 GEMMs on this
-# project's CPU give other bits below ~48 rows). Decode GEMMs run on the active rows padded to a multiple of this,
-# so a row's logits do not depend on how many other rows share the step (bit-identical here for 1-192 rows).
-GEMM_ROWS = 64
-GEMM_BLOCK = 128  # taller inputs run as blocks of this many rows: oneDNN changes kernels again above ~192 rows
+# project's CPU give other bits below 37 rows and, for some shapes, from 256 rows; the same bits for 37-255 rows).
+# GEMMs run on at least GEMM_ROWS rows (shorter inputs padded) and at most GEMM_BLOCK + GEMM_ROWS - 1 (taller inputs
+# run as blocks of GEMM_BLOCK plus one last block of GEMM_ROWS or more), so a row's logits do not depend on how many
+# other rows share the step.
+GEMM_ROWS = 48
+GEMM_BLOCK = 128
 PREFILL_TOKENS = 2048  # prompt tokens prefilled together in one forward (bounds activation memory)
 NUCLEUS_CANDIDATES = 256  # the top-p nucleus is searched among these most likely tokens first
 PACK_ROWS = 128  # oneDNN weight-packing hint (fixed: the packing must not depend on the config)
@@ -58,9 +61,11 @@ class Linear:
         self.weight = weight if self.packed is None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= GEMM_BLOCK + GEMM_ROWS:
+        """x of at least GEMM_ROWS rows."""
+        if x.shape[0] < GEMM_BLOCK + GEMM_ROWS:
             return self._mm(x)
-        return torch.cat([self._mm(x[i : i + GEMM_BLOCK]) for i in range(0, x.shape[0], GEMM_BLOCK)])
+        ends = list(range(GEMM_BLOCK, x.shape[0] - GEMM_ROWS + 1, GEMM_BLOCK)) + [x.shape[0]]
+        return torch.cat([self._mm(x[lo:hi]) for lo, hi in zip([0] + ends, ends)])
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -128,7 +133,7 @@ def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def gemm_rows(rows: int) -> int:
-    return -(-rows // GEMM_ROWS) * GEMM_ROWS
+    return max(rows, GEMM_ROWS)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -151,16 +156,22 @@ def sdpa_decode(q: torch.Tensor, prefix, generated) -> torch.Tensor:
     return out.reshape(rows, heads, dim)
 
 
+def _round_up(n: int, multiple: int = KEY_BLOCK) -> int:
+    return -(-n // multiple) * multiple
+
+
 class KVCache:
     """Keys and values of all layers: prompts (layers, prompt slots, kv_heads, prompt length, head_dim), each stored
     once for the rows that sample it, and generated tokens (layers, slots, kv_heads, new tokens, head_dim), step
-    row b in slot b. Zero-filled: positions past a row's length must be finite for SDPA's masking."""
+    row b in slot b; lengths rounded up to KEY_BLOCK. With `blocked`, keys are in block_keys' layout (the C
+    kernels'). Zero-filled: positions past a row's length must be finite for SDPA's masking."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, prompt_slots: int,
-                 prompt_length: int, slots: int, length: int):
-        shape = (layers, prompt_slots, kv_heads, prompt_length, head_dim)
+                 prompt_length: int, slots: int, length: int, blocked: bool = False):
+        self.blocked = blocked
+        shape = (layers, prompt_slots, kv_heads, _round_up(prompt_length), head_dim)
         self.pk, self.pv = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-        shape = (layers, slots, kv_heads, length, head_dim)
+        shape = (layers, slots, kv_heads, _round_up(length), head_dim)
         self.k, self.v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
 
     def fits(self, prompt_slots: int, prompt_length: int, slots: int, length: int) -> bool:
@@ -169,11 +180,15 @@ class KVCache:
 
     def load_prompt(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """A prefilled prompt's (layers, kv_heads, P, head_dim) keys and values into prompt slot `slot`."""
+        if self.blocked:
+            padded = _round_up(k.shape[2])
+            k = block_keys(F.pad(k, (0, 0, 0, padded - k.shape[2])))
         self.pk[:, slot, :, : k.shape[2]] = k
         self.pv[:, slot, :, : v.shape[2]] = v
 
     def move(self, src: int, dst: int, length: int) -> None:
-        """The first `length` generated positions of slot src to slot dst."""
+        """The first `length` generated positions of slot src to slot dst (whole key blocks)."""
+        length = _round_up(length)
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
 
@@ -198,7 +213,7 @@ class LlamaForward:
 
     def new_cache(self, prompt_slots: int, prompt_length: int, slots: int, length: int) -> KVCache:
         return KVCache(len(self.layers), self.kv_heads, self.head_dim, self.dtype, prompt_slots, prompt_length, slots,
-                       length)
+                       length, blocked=self.kernels is not None)
 
     def cache_bytes(self, positions: int) -> int:
         """Bytes of keys and values for `positions` positions (all layers)."""
@@ -257,8 +272,8 @@ class LlamaForward:
     def prefill(self, prompts: Sequence[Sequence[int]]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Several prompts in one forward (their tokens side by side, each attending only to itself): per prompt
         its keys and values (layers, kv_heads, P, D) and next-token logits (vocab,). The GEMMs run on the tokens
-        padded to a multiple of GEMM_ROWS, in blocks of GEMM_BLOCK rows, so a prompt's result does not depend on
-        which other prompts share the call."""
+        in row blocks as Linear cuts them, so a prompt's result does not depend on which other prompts share the
+        call."""
         lengths = [len(ids) for ids in prompts]
         starts = [sum(lengths[:j]) for j in range(len(lengths))]
         total = sum(lengths)
@@ -453,13 +468,22 @@ class _Run:
             self._retire(self._emit(lo, lo + len(batch), logits))
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> None:
-        """Prefill the distinct prompts not yet prefilled, up to PREFILL_TOKENS tokens per forward."""
+        """Prefill the distinct prompts not yet prefilled, up to PREFILL_TOKENS tokens per forward; the last forward
+        also takes the prompts of the next pending requests while they fit (refills then rarely need a forward of
+        their own: one prefill forward costs about a decode step, however few its tokens)."""
         todo = list(dict.fromkeys(ids for ids in prompts if ids not in self.prefilled))
         while todo:
             group, tokens = [], 0
             while todo and (not group or tokens + len(todo[0]) <= PREFILL_TOKENS):
                 tokens += len(todo[0])
                 group.append(todo.pop(0))
+            if not todo:
+                for ids in (self.prompts[r] for r in self.pending):
+                    if tokens + len(ids) > PREFILL_TOKENS:
+                        break
+                    if ids not in self.prefilled and ids not in group:
+                        tokens += len(ids)
+                        group.append(ids)
             self.prefilled.update(zip(group, self.forward.prefill(group)))
             self.stats["prefills"] += len(group)
             self.stats["prefill_calls"] += 1

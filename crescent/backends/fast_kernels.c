@@ -104,60 +104,50 @@ static float exp_scaled(float* x, int64_t n, float t, float m) {
 
 static float exp_shifted(float* x, int64_t n, float m) { return exp_scaled(x, n, 1.0f, m); }
 
-#if defined(__AVX512F__)
-/* lane i of the result = sum of the lanes of a[i], for 16 vectors */
-static inline __m512 reduce16(const __m512* a) {
-    __m512 b[8], c[4];
-    for (int i = 0; i < 8; i++)
-        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-    for (int i = 0; i < 4; i++) {
-        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
-        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-    }
-    __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x44), _mm512_shuffle_f32x4(c[0], c[1], 0xEE));
-    __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x44), _mm512_shuffle_f32x4(c[2], c[3], 0xEE));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, 0x88), _mm512_shuffle_f32x4(e0, e1, 0xDD));
-}
-#endif
+/* Keys are stored in blocks of 16 positions, each block (D/2, 16, 2): the two dims 2i, 2i+1 of its 16 positions
+ * side by side, so one vdpbf16ps gives 16 positions' partial dot products (no transpose). Element (w, d): */
+#define PREFETCH_AHEAD 16 /* positions: keys and values are prefetched this far ahead (farther measured no faster) */
+#define KEY_AT(k, w, d, D) ((k)[((w) >> 4) * 16 * (D) + ((d) >> 1) * 32 + ((w)&15) * 2 + ((d)&1)])
 
 #if defined(__AVX512BF16__)
-/* positions w0..w0+15 of s (G, L) (those < L): bf16 dot products with the head dim a compile-time constant D
- * where inlined (the loop over it unrolls, the 16 rows are independent chains), one transpose-reduce per head */
-static inline __attribute__((always_inline)) void scores16_bf16(const uint16_t* q, const uint16_t* k, float* s,
-                                                                 int64_t w0, int64_t L, int64_t G, const int64_t D,
-                                                                 float scale) {
-    __m512 acc[16];
-    const uint16_t* rows[16];
-    for (int r = 0; r < 16; r++) rows[r] = k + (w0 + r < L ? w0 + r : L - 1) * D; /* past the end: repeat the last */
-    __mmask16 valid = L - w0 >= 16 ? 0xFFFF : (__mmask16)((1u << (L - w0)) - 1u);
-    for (int64_t g = 0; g < G; g++) {
-        for (int r = 0; r < 16; r++) {
-            acc[r] = _mm512_setzero_ps();
-            for (int64_t d = 0; d < D; d += 32)
-                acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(q + g * D + d),
-                                          (__m512bh)_mm512_loadu_si512(rows[r] + d));
-        }
-        _mm512_mask_storeu_ps(s + g * L + w0, valid, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+/* s[g..g+NQ) (rows of L) at positions w0..w0+15 (those < L: `valid`) = scale * q k^T for one key block */
+static inline __attribute__((always_inline)) void scores_block_bf16(const uint16_t* q, const uint16_t* blk, float* s,
+                                                                      int64_t w0, int64_t L, int64_t g, int64_t D,
+                                                                      const int NQ, float scale, __mmask16 valid) {
+    __m512 even[4], odd[4]; /* two chains per query: dims 4i..4i+1 and 4i+2..4i+3 */
+    const uint32_t* qp[4];
+    for (int i = 0; i < NQ; i++) {
+        even[i] = odd[i] = _mm512_setzero_ps();
+        qp[i] = (const uint32_t*)(q + (g + i) * D);
     }
+    for (int64_t d2 = 0; d2 < D / 2; d2 += 2) {
+        __m512bh k0 = (__m512bh)_mm512_loadu_si512(blk + d2 * 32), k1 = (__m512bh)_mm512_loadu_si512(blk + d2 * 32 + 32);
+        for (int i = 0; i < NQ; i++) {
+            even[i] = _mm512_dpbf16_ps(even[i], (__m512bh)_mm512_set1_epi32((int)qp[i][d2]), k0);
+            odd[i] = _mm512_dpbf16_ps(odd[i], (__m512bh)_mm512_set1_epi32((int)qp[i][d2 + 1]), k1);
+        }
+    }
+    for (int i = 0; i < NQ; i++)
+        _mm512_mask_storeu_ps(s + (g + i) * L + w0, valid, _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), _mm512_set1_ps(scale)));
 }
 
-/* s (G, L) = scale * q k^T, 16 positions at a time */
+/* s (G, L) = scale * q k^T, one key block at a time, queries 3 at a time (a kv head's group here) */
 static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, float* s, int64_t L, int64_t G, int64_t D,
                                float scale) {
     for (int64_t w0 = 0; w0 < L; w0 += 16) {
-        for (int64_t line = 0; line < 16 * D * 2; line += 64) /* the next block of 16 rows */
-            _mm_prefetch((const char*)(k + (w0 + 16) * D) + line, _MM_HINT_T0);
-        if (D == 64)
-            scores16_bf16(q, k, s, w0, L, G, 64, scale);
-        else if (D == 128)
-            scores16_bf16(q, k, s, w0, L, G, 128, scale);
-        else
-            scores16_bf16(q, k, s, w0, L, G, D, scale);
+        const uint16_t* blk = k + w0 * D;
+        for (int64_t line = 0; line < 16 * D * 2; line += 64) /* a block PREFETCH_AHEAD positions ahead */
+            _mm_prefetch((const char*)(blk + PREFETCH_AHEAD * D) + line, _MM_HINT_T0);
+        __mmask16 valid = L - w0 >= 16 ? 0xFFFF : (__mmask16)((1u << (L - w0)) - 1u);
+        int64_t g = 0;
+        for (; g + 3 <= G; g += 3) scores_block_bf16(q, blk, s, w0, L, g, D, 3, scale, valid);
+        if (G - g == 2) scores_block_bf16(q, blk, s, w0, L, g, D, 2, scale, valid);
+        if (G - g == 1) scores_block_bf16(q, blk, s, w0, L, g, D, 1, scale, valid);
     }
 }
 #endif
 
-/* s (G, L) = scale * q k^T for bf16 q (G, D) and k (L, D) */
+/* s (G, L) = scale * q k^T for bf16 q (G, D) and blocked bf16 k (L, D) */
 static void scores_bf16(const uint16_t* q, const uint16_t* k, float* s, float* qf, float* row, int64_t L, int64_t G,
                         int64_t D, float scale) {
 #if defined(__AVX512BF16__)
@@ -168,7 +158,7 @@ static void scores_bf16(const uint16_t* q, const uint16_t* k, float* s, float* q
 #endif
     bf16_to_f32(q, qf, G * D);
     for (int64_t w = 0; w < L; w++) {
-        bf16_to_f32(k + w * D, row, D);
+        for (int64_t d = 0; d < D; d++) bf16_to_f32(&KEY_AT(k, w, d, D), row + d, 1);
         for (int64_t g = 0; g < G; g++) s[g * L + w] = scale * dot_f32(qf + g * D, row, D);
     }
 }
@@ -183,8 +173,8 @@ static inline __attribute__((always_inline)) void weighted_block(const float* p,
     for (int i = 0; i < NB; i++)
         for (int c = 0; c < 4; c++) acc[i][c] = _mm512_setzero_ps();
     for (int64_t w = 0; w < L; w++) {
-        for (int64_t line = 0; line < 128; line += 64) /* the row 16 ahead, both cache lines */
-            _mm_prefetch((const char*)(v + (w + 16) * D + d0) + line, _MM_HINT_T0);
+        for (int64_t line = 0; line < 128; line += 64) /* the row PREFETCH_AHEAD ahead, both lines */
+            _mm_prefetch((const char*)(v + (w + PREFETCH_AHEAD) * D + d0) + line, _MM_HINT_T0);
         __m512 x[4];
         for (int c = 0; c < 4; c++)
             x[c] = _mm512_castsi512_ps(
@@ -234,9 +224,10 @@ static void partial_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v
 static void partial_f32(const float* q, const float* k, const float* v, int64_t n, int64_t L, int64_t D, float scale,
                         float* s, float* m, float* l, float* o, float* qf, float* row) {
     (void)qf;
-    (void)row;
-    for (int64_t w = 0; w < L; w++)
-        for (int64_t g = 0; g < n; g++) s[g * L + w] = scale * dot_f32(q + g * D, k + w * D, D);
+    for (int64_t w = 0; w < L; w++) {
+        for (int64_t d = 0; d < D; d++) row[d] = KEY_AT(k, w, d, D);
+        for (int64_t g = 0; g < n; g++) s[g * L + w] = scale * dot_f32(q + g * D, row, D);
+    }
     for (int64_t g = 0; g < n; g++) {
         m[g] = max_of(s + g * L, L);
         l[g] = L > 0 ? exp_shifted(s + g * L, L, m[g]) : 0.0f;
@@ -289,7 +280,7 @@ int64_t decode_attention_scratch(int64_t G, int64_t D, int64_t TMAX) {
 /* floats shared by all threads: the prefix partials of every (row, query head), plus the chunk tables */
 int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H * (D + 2) + 10 * B + 2; }
 
-#define DEFINE_ATTENTION(NAME, TYPE, PARTIAL, STORE)                                                               \
+#define DEFINE_ATTENTION(NAME, TYPE, PARTIAL, MERGE)                                                               \
     void NAME(const TYPE* q, const TYPE* pk, const TYPE* pv, const int64_t* pre, const int64_t* plen, const TYPE* k, \
               const TYPE* v, const int64_t* glen, TYPE* out, float* work, int64_t B, int64_t KV, int64_t G,          \
               int64_t D, int64_t TP, int64_t T, float scale, int threads) {                                         \
@@ -331,17 +322,31 @@ int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H 
                         float top = pm[x] > m[g] ? pm[x] : m[g];                                                   \
                         float a = expf(pm[x] - top), c2 = expf(m[g] - top);                                        \
                         float inv = 1.0f / (pl[x] * a + l[g] * c2);                                                \
-                        for (int64_t d = 0; d < D; d++)                                                            \
-                            out[x * D + d] = STORE((po[x * D + d] * a + o[g * D + d] * c2) * inv);                 \
+                        MERGE(out + x * D, po + x * D, o + g * D, a, c2, inv, D);                                  \
                     }                                                                                              \
                 }                                                                                                  \
         }                                                                                                          \
     }
 
-static inline float id_f32(float f) { return f; }
+/* out[d] = (x[d] * a + y[d] * c) * inv: two partial softmax results merged, rounded to the output type */
+static void merge_bf16(uint16_t* out, const float* x, const float* y, float a, float c, float inv, int64_t D) {
+    int64_t d = 0;
+#if defined(__AVX512BF16__)
+    __m512 va = _mm512_set1_ps(a), vc = _mm512_set1_ps(c), vi = _mm512_set1_ps(inv);
+    for (; d + 16 <= D; d += 16) {
+        __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d), va), _mm512_mul_ps(_mm512_loadu_ps(y + d), vc));
+        _mm256_storeu_si256((__m256i*)(out + d), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(t, vi)));
+    }
+#endif
+    for (; d < D; d++) out[d] = f32_to_bf16((x[d] * a + y[d] * c) * inv);
+}
 
-DEFINE_ATTENTION(decode_attention_bf16, uint16_t, partial_bf16, f32_to_bf16)
-DEFINE_ATTENTION(decode_attention_f32, float, partial_f32, id_f32)
+static void merge_f32(float* out, const float* x, const float* y, float a, float c, float inv, int64_t D) {
+    for (int64_t d = 0; d < D; d++) out[d] = (x[d] * a + y[d] * c) * inv;
+}
+
+DEFINE_ATTENTION(decode_attention_bf16, uint16_t, partial_bf16, merge_bf16)
+DEFINE_ATTENTION(decode_attention_f32, float, partial_f32, merge_f32)
 
 /* ---- rotary embedding + cache write --------------------------------------------------------------------
  * qkv: (B, heads + 2 * KV, D) projections of row b; cos, sin: (B, D). q and k are rotated exactly as transformers'
@@ -357,8 +362,37 @@ static inline float bf16_value(uint16_t h) {
 
 static inline float round_bf16(float f) { return bf16_value(f32_to_bf16(f)); }
 
+#if defined(__AVX512BF16__)
+static inline __m512 load16_bf16(const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+static inline void store16_bf16(uint16_t* p, __m512 v) { /* round to nearest even */
+    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+static inline __m512 round16_bf16(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+#endif
+
 static void rotate_bf16(const uint16_t* x, const uint16_t* c, const uint16_t* s, uint16_t* y, int64_t D) {
     int64_t half = D / 2;
+#if defined(__AVX512BF16__)
+    if (half % 16 == 0) { /* the same roundings, 16 dims of each half at a time */
+        for (int64_t d = 0; d < half; d += 16) {
+            __m512 lo = load16_bf16(x + d), hi = load16_bf16(x + d + half);
+            __m512 a = round16_bf16(_mm512_mul_ps(lo, load16_bf16(c + d)));
+            __m512 minus_hi = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(hi), _mm512_set1_epi32((int)0x80000000u)));
+            __m512 b = round16_bf16(_mm512_mul_ps(minus_hi, load16_bf16(s + d)));
+            store16_bf16(y + d, _mm512_add_ps(a, b));
+            a = round16_bf16(_mm512_mul_ps(hi, load16_bf16(c + d + half)));
+            b = round16_bf16(_mm512_mul_ps(lo, load16_bf16(s + d + half)));
+            store16_bf16(y + d + half, _mm512_add_ps(a, b));
+        }
+        return;
+    }
+#endif
     for (int64_t d = 0; d < D; d++) {
         float rot = d < half ? -bf16_value(x[d + half]) : bf16_value(x[d - half]);
         float a = round_bf16(bf16_value(x[d]) * bf16_value(c[d])), b = round_bf16(rot * bf16_value(s[d]));
@@ -384,9 +418,11 @@ static void rotate_f32(const float* x, const float* c, const float* s, float* y,
             const TYPE* row = qkv + b * (heads + 2 * KV) * D;                                                  \
             for (int64_t h = 0; h < heads; h++) ROTATE(row + h * D, cos + b * D, sin + b * D, q_out + (b * heads + h) * D, D); \
             for (int64_t j = 0; j < KV; j++) {                                                                 \
-                int64_t at = ((b * KV + j) * T + pos[b]) * D;                                                  \
-                ROTATE(row + (heads + j) * D, cos + b * D, sin + b * D, k_cache + at, D);                      \
-                memcpy(v_cache + at, row + (heads + KV + j) * D, sizeof(TYPE) * D);                            \
+                TYPE key[D];                                                                                   \
+                ROTATE(row + (heads + j) * D, cos + b * D, sin + b * D, key, D);                               \
+                TYPE* keys = k_cache + (b * KV + j) * T * D;                                                   \
+                for (int64_t d = 0; d < D; d++) KEY_AT(keys, pos[b], d, D) = key[d];                           \
+                memcpy(v_cache + ((b * KV + j) * T + pos[b]) * D, row + (heads + KV + j) * D, sizeof(TYPE) * D); \
             }                                                                                                  \
         }                                                                                                      \
     }
@@ -397,20 +433,6 @@ DEFINE_ROPE_STORE(rope_store_f32, float, rotate_f32)
 /* ---- residual add + RMSNorm, SiLU gate ------------------------------------------------------------------
  * As transformers' Llama modules compute them in the model dtype: x = x + y (rounded), then
  * h = weight * round(x * rsqrt(mean(x^2) + eps)) with fp32 statistics; act = round(silu(gate)) * up. */
-
-#if defined(__AVX512BF16__)
-static inline __m512 load16_bf16(const uint16_t* p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
-
-static inline void store16_bf16(uint16_t* p, __m512 v) { /* round to nearest even */
-    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
-}
-
-static inline __m512 round16_bf16(__m512 v) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
-}
-#endif
 
 /* 1 / sqrt(mean(v^2) + eps) in fp32, the squares summed in 16 lanes */
 static float inv_rms_bf16(const uint16_t* v, int64_t H, float eps) {

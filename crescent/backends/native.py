@@ -27,6 +27,22 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("fast_kernels.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
+KEY_BLOCK = 16  # the C kernels store keys in blocks of this many positions (KEY_AT in fast_kernels.c)
+
+
+def block_keys(k: torch.Tensor) -> torch.Tensor:
+    """(..., T, D) keys, T a multiple of KEY_BLOCK, in the C kernels' layout (same shape): each block of positions
+    stored as (D / 2, KEY_BLOCK, 2), the dims 2i and 2i+1 of its positions side by side."""
+    *lead, length, dim = k.shape
+    blocks = k.reshape(*lead, length // KEY_BLOCK, KEY_BLOCK, dim // 2, 2)
+    return blocks.transpose(-3, -2).reshape(k.shape)
+
+
+def unblock_keys(k: torch.Tensor) -> torch.Tensor:
+    """Inverse of block_keys."""
+    *lead, length, dim = k.shape
+    blocks = k.reshape(*lead, length // KEY_BLOCK, dim // 2, KEY_BLOCK, 2)
+    return blocks.transpose(-3, -2).reshape(k.shape)
 
 
 def _compiler() -> str | None:
@@ -91,13 +107,15 @@ class FastKernels:
 
         q (B, KV*G, D); prefix = (pk, pv, pre, plen): keys/values (NP, KV, TP, D), row b's prompt in slot pre[b],
         plen[b] positions; generated = (k, v, glen): keys/values (S >= B, KV, T, D), row b's in slot b, glen[b]
-        positions. Returns (B, KV*G, D)."""
+        positions. Keys in fast.block_keys' layout (TP, T multiples of its block). Returns (B, KV*G, D)."""
         pk, pv, pre, plen = prefix
         k, v, glen = generated
         rows, heads, dim = q.shape
         kv_heads, groups = k.shape[1], heads // k.shape[1]
         if not all(t.is_contiguous() for t in (q, pk, pv, k, v)) or k.shape[0] < rows:
             raise ValueError("decode attention needs contiguous tensors and a cache slot per row")
+        if pk.shape[2] % KEY_BLOCK or k.shape[2] % KEY_BLOCK or dim % 2:
+            raise ValueError(f"decode attention needs cache lengths in multiples of {KEY_BLOCK} and an even head dim")
         pre, plen, glen = (t.to(torch.int64).contiguous() for t in (pre, plen, glen))
         threads, longest = torch.get_num_threads(), max(pk.shape[2], k.shape[2])
         work = self._scratch(threads * self._lib.decode_attention_scratch(groups, dim, longest)
@@ -113,12 +131,14 @@ class FastKernels:
     def rope_store(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                    k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
         """Rotate q and k of qkv (B, heads + 2 KV, D) with cos, sin (B, D); write k and v to positions[b] of slot b
-        of k, v (S >= B, KV, T, D). Returns the rotated q (B, heads, D)."""
+        of k, v (S >= B, KV, T, D), k in fast.block_keys' layout. Returns the rotated q (B, heads, D)."""
         rows, _, dim = qkv.shape
         kv_heads, length = k.shape[1], k.shape[2]
         tensors = (qkv, cos, sin, k, v)
         if not all(t.is_contiguous() and t.dtype == qkv.dtype for t in tensors) or k.shape[0] < rows:
             raise ValueError("rope_store needs contiguous tensors of one dtype and a cache slot per row")
+        if length % KEY_BLOCK or dim % 2:
+            raise ValueError(f"rope_store needs a cache length in multiples of {KEY_BLOCK} and an even head dim")
         positions = positions.to(torch.int64).contiguous()
         q = torch.empty(rows, heads, dim, dtype=qkv.dtype)
         getattr(self._lib, f"rope_store_{DTYPES[qkv.dtype]}")(

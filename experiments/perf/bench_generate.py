@@ -239,7 +239,7 @@ def parse(argv):
     p.add_argument("--fast-batches", default="32,64,128,256", help="fast batch sizes (slots) for the sweep")
     p.add_argument("--fast-batch", type=int, default=128, help="fast slots for the answer workload (default 128)")
     p.add_argument("--sweep-tokens", type=int, default=64, help="tokens per sequence in the sweep (default 64)")
-    p.add_argument("--questions", type=int, default=64, help="answer workload questions for fast (default 64)")
+    p.add_argument("--questions", type=int, default=256, help="answer workload questions for fast (default 256)")
     p.add_argument("--hf-questions", type=int, default=16, help="of which hf answers the first (default 16)")
     p.add_argument("--samples", type=int, default=4, help="answers per question (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=400, help="answer length cap (default 400)")
