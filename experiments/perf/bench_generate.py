@@ -14,19 +14,22 @@ runs it natively, with the answer stage's decoding (temperature 0.7, top-p 0.9, 
             batches take minutes); tokens/s compares the two.
 
 Examples (from the repo root):
-  python experiments/perf/bench_generate.py            # full run, <= 8 min on an idle machine
+  python experiments/perf/bench_generate.py            # full run, ~9 min here
   python experiments/perf/bench_generate.py --quick    # about a minute
+  python experiments/perf/bench_generate.py --profile  # only fast's answer workload, time per op (~5 min)
 See experiments/perf/README.md for the results.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from perf_common import REPO, RESULTS, machine_info  # noqa: E402  (offline HF, the repo on sys.path)
@@ -35,6 +38,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from crescent.backends.base import SamplingParams  # noqa: E402
+from crescent.backends import fast as fast_module  # noqa: E402
 from crescent.backends.fast import FastBackend, Linear  # noqa: E402
 from crescent.backends.hf import HFBackend  # noqa: E402
 from crescent.models.loading import bf16_is_fast, load_model_and_tokenizer  # noqa: E402
@@ -196,6 +200,51 @@ def answer(args, hf: HFBackend, fast: FastBackend, hf_batch: int) -> list[dict]:
     return out
 
 
+@contextlib.contextmanager
+def op_timers(fast: FastBackend, seconds: Counter):
+    """Add each C kernel's, GEMM's, prefill's and decode step's wall time to `seconds` while inside."""
+    patched = [(obj, name, getattr(obj, name)) for obj, name in
+               [(fast.forward.kernels, n) for n in ("attention", "rope_store", "add_norm", "silu_mul", "sample")
+                if fast.forward.kernels is not None]
+               + [(Linear, "_mm"), (fast_module.LlamaForward, "prefill"), (fast_module.LlamaForward, "decode")]]
+
+    def timed_call(fn, label):
+        def call(*args, **kwargs):
+            key = "lm_head" if label == "gemm" and args[0] is fast.forward.lm_head else label
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[key] += time.perf_counter() - start
+                seconds[f"calls:{key}"] += 1
+        return call
+
+    for obj, name, fn in patched:
+        setattr(obj, name, timed_call(fn, "gemm" if name == "_mm" else name))
+    try:
+        yield
+    finally:
+        for obj, name, fn in patched:
+            setattr(obj, name, fn)
+
+
+def profile(args, fast: FastBackend) -> dict:
+    """The answer workload on fast with op timers: seconds per op, and per decode step."""
+    seconds: Counter = Counter()
+    prompts = answer_prompts(args.questions, args.seed)
+    with op_timers(fast, seconds):
+        result = timed(fast, prompts, sampling(args.max_new_tokens, n=args.samples), args.seed, forced=False)
+    steps = seconds["calls:decode"]
+    ops = {k: v for k, v in seconds.items() if not k.startswith("calls:")}
+    print(f"answer fast: {result['tokens_per_s']:.1f} tok/s, {result['tokens']} tokens in {result['seconds']:.1f} s, "
+          f"{steps} decode steps, {result['tokens'] / max(steps, 1):.1f} rows busy per step on average")
+    print("| op | s | ms per decode step |\n|---|---:|---:|")
+    for op, s in sorted(ops.items(), key=lambda kv: -kv[1]):
+        print(f"| {op} | {s:.1f} | {1e3 * s / max(steps, 1):.1f} |")
+    print("(decode and prefill include the ops they call; gemm includes prefill's GEMMs)")
+    return {"answer": result, "decode_steps": steps, "seconds_per_op": ops}
+
+
 # -- report --------------------------------------------------------------------------------------------------
 def plot(out: dict, path: Path) -> None:
     import matplotlib
@@ -235,6 +284,8 @@ def markdown(out: dict) -> str:
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute: small sweep, 8 questions, <= 128 tokens")
+    p.add_argument("--profile", action="store_true",
+                   help="only fast's answer workload, with the time of every kernel and GEMM (writes *_profile.json)")
     p.add_argument("--hf-batches", default="16,32,64,128", help="hf batch sizes for the sweep")
     p.add_argument("--fast-batches", default="32,64,128,256", help="fast batch sizes (slots) for the sweep")
     p.add_argument("--fast-batch", type=int, default=128, help="fast slots for the answer workload (default 128)")
@@ -266,6 +317,12 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     with torch.inference_mode():
         fast.generate(answer_prompts(2, 99), sampling(4), seed=0)  # warm-up (kernel build, caches)
+        if args.profile:
+            path = Path(args.out).with_name(Path(args.out).stem + "_profile.json")
+            out = {"args": vars(args), **profile(args, fast), "env": machine_info(load_start)}
+            path.write_text(json.dumps(out, indent=2) + "\n")
+            print(f"wrote {path}")
+            return 0
         sweep_rows = sweep(args, hf, fast)
         hf_best = max((r for r in sweep_rows if r["backend"] == "hf"), key=lambda r: r["tokens_per_s"])
         answer_rows = answer(args, hf, fast, hf_best["batch_size"])
