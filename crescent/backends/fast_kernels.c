@@ -241,8 +241,9 @@ static void partial_f32(const float* q, const float* k, const float* v, int64_t 
  * A row's context is its prompt (the prefix, stored once and shared by every row that samples that prompt)
  * followed by its own generated tokens. q: (B, KV*G, D). Prefix keys/values pk, pv: (NP, KV, TP, D); row b's
  * prompt is prefix slot pre[b], plen[b] positions. Generated keys/values k, v: (S >= B, KV, T, D); row b's are in
- * slot b, glen[b] positions (the current token included). out: (B, KV*G, D). Query head h attends with kv head
- * h / G (grouped-query attention, as transformers' repeat_kv).
+ * slot b, glen[b] positions (the current token included). Keys (pk, k) in KEY_AT's blocks, TP and T multiples of
+ * 16. out: (B, KV*G, D). Query head h attends with kv head h / G (grouped-query attention, as transformers'
+ * repeat_kv).
  * Pass 1 reads each prefix once per CHUNK rows of its prompt and keeps partial softmax results per query; pass 2
  * adds each row's generated part and merges the two (m, l, o) partials. */
 

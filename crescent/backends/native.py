@@ -107,7 +107,7 @@ class FastKernels:
 
         q (B, KV*G, D); prefix = (pk, pv, pre, plen): keys/values (NP, KV, TP, D), row b's prompt in slot pre[b],
         plen[b] positions; generated = (k, v, glen): keys/values (S >= B, KV, T, D), row b's in slot b, glen[b]
-        positions. Keys in fast.block_keys' layout (TP, T multiples of its block). Returns (B, KV*G, D)."""
+        positions. Keys in block_keys' layout (TP, T multiples of its block). Returns (B, KV*G, D)."""
         pk, pv, pre, plen = prefix
         k, v, glen = generated
         rows, heads, dim = q.shape
@@ -131,7 +131,7 @@ class FastKernels:
     def rope_store(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                    k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
         """Rotate q and k of qkv (B, heads + 2 KV, D) with cos, sin (B, D); write k and v to positions[b] of slot b
-        of k, v (S >= B, KV, T, D), k in fast.block_keys' layout. Returns the rotated q (B, heads, D)."""
+        of k, v (S >= B, KV, T, D), k in block_keys' layout. Returns the rotated q (B, heads, D)."""
         rows, _, dim = qkv.shape
         kv_heads, length = k.shape[1], k.shape[2]
         tensors = (qkv, cos, sin, k, v)
