@@ -16,7 +16,7 @@ runs it natively, with the answer stage's decoding (temperature 0.7, top-p 0.9, 
 Examples (from the repo root):
   python experiments/perf/bench_generate.py            # full run, ~9 min here
   python experiments/perf/bench_generate.py --quick    # about a minute
-  python experiments/perf/bench_generate.py --profile  # only fast's answer workload, time per op (~5 min)
+  python experiments/perf/bench_generate.py --profile  # only fast's answer workload, time per op (~4 min)
 See experiments/perf/README.md for the results.
 """
 from __future__ import annotations
@@ -38,8 +38,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from crescent.backends.base import SamplingParams  # noqa: E402
-from crescent.backends import fast as fast_module  # noqa: E402
-from crescent.backends.fast import FastBackend, Linear  # noqa: E402
+from crescent.backends.fast import FastBackend, Linear, LlamaForward  # noqa: E402
 from crescent.backends.hf import HFBackend  # noqa: E402
 from crescent.models.loading import bf16_is_fast, load_model_and_tokenizer  # noqa: E402
 
@@ -206,7 +205,7 @@ def op_timers(fast: FastBackend, seconds: Counter):
     patched = [(obj, name, getattr(obj, name)) for obj, name in
                [(fast.forward.kernels, n) for n in ("attention", "rope_store", "add_norm", "silu_mul", "sample")
                 if fast.forward.kernels is not None]
-               + [(Linear, "_mm"), (fast_module.LlamaForward, "prefill"), (fast_module.LlamaForward, "decode")]]
+               + [(Linear, "_mm"), (LlamaForward, "prefill"), (LlamaForward, "decode")]]
 
     def timed_call(fn, label):
         def call(*args, **kwargs):
