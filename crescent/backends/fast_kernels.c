@@ -106,6 +106,9 @@ static float exp_shifted(float* x, int64_t n, float m) { return exp_scaled(x, n,
 
 /* Keys are stored in blocks of 16 positions, each block (D/2, 16, 2): the two dims 2i, 2i+1 of its 16 positions
  * side by side, so one vdpbf16ps gives 16 positions' partial dot products (no transpose). Element (w, d): */
+#ifndef VALUE_HINT
+#define VALUE_HINT _MM_HINT_T0
+#endif
 #define PREFETCH_AHEAD 16 /* positions: keys and values are prefetched this far ahead (farther measured no faster) */
 #define KEY_AT(k, w, d, D) ((k)[((w) >> 4) * 16 * (D) + ((d) >> 1) * 32 + ((w)&15) * 2 + ((d)&1)])
 
@@ -132,12 +135,15 @@ static inline __attribute__((always_inline)) void scores_block_bf16(const uint16
 }
 
 /* s (G, L) = scale * q k^T, one key block at a time, queries 3 at a time (a kv head's group here) */
-static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, float* s, int64_t L, int64_t G, int64_t D,
-                               float scale) {
+static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, const uint16_t* v, float* s, int64_t L, int64_t G,
+                               int64_t D, float scale) {
     for (int64_t w0 = 0; w0 < L; w0 += 16) {
         const uint16_t* blk = k + w0 * D;
-        for (int64_t line = 0; line < 16 * D * 2; line += 64) /* a block PREFETCH_AHEAD positions ahead */
-            _mm_prefetch((const char*)(blk + PREFETCH_AHEAD * D) + line, _MM_HINT_T0);
+        if (w0 + PREFETCH_AHEAD < L) /* the block PREFETCH_AHEAD positions ahead */
+            for (int64_t line = 0; line < 16 * D * 2; line += 64)
+                _mm_prefetch((const char*)(blk + PREFETCH_AHEAD * D) + line, _MM_HINT_T0);
+        for (int64_t line = 0; line < (L - w0 < 16 ? L - w0 : 16) * D * 2; line += 64) /* values: weighted_bf16 next */
+            _mm_prefetch((const char*)(v + w0 * D) + line, VALUE_HINT);
         __mmask16 valid = L - w0 >= 16 ? 0xFFFF : (__mmask16)((1u << (L - w0)) - 1u);
         int64_t g = 0;
         for (; g + 3 <= G; g += 3) scores_block_bf16(q, blk, s, w0, L, g, D, 3, scale, valid);
@@ -148,11 +154,11 @@ static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, float* s, i
 #endif
 
 /* s (G, L) = scale * q k^T for bf16 q (G, D) and blocked bf16 k (L, D) */
-static void scores_bf16(const uint16_t* q, const uint16_t* k, float* s, float* qf, float* row, int64_t L, int64_t G,
+static void scores_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, float* s, float* qf, float* row, int64_t L, int64_t G,
                         int64_t D, float scale) {
 #if defined(__AVX512BF16__)
     if (D % 32 == 0) {
-        scores_bf16_blocks(q, k, s, L, G, D, scale);
+        scores_bf16_blocks(q, k, v, s, L, G, D, scale);
         return;
     }
 #endif
@@ -173,8 +179,9 @@ static inline __attribute__((always_inline)) void weighted_block(const float* p,
     for (int i = 0; i < NB; i++)
         for (int c = 0; c < 4; c++) acc[i][c] = _mm512_setzero_ps();
     for (int64_t w = 0; w < L; w++) {
-        for (int64_t line = 0; line < 128; line += 64) /* the row PREFETCH_AHEAD ahead, both lines */
-            _mm_prefetch((const char*)(v + (w + PREFETCH_AHEAD) * D + d0) + line, _MM_HINT_T0);
+        if (w + PREFETCH_AHEAD < L) /* the row PREFETCH_AHEAD ahead, both lines */
+            for (int64_t line = 0; line < 128; line += 64)
+                _mm_prefetch((const char*)(v + (w + PREFETCH_AHEAD) * D + d0) + line, _MM_HINT_T0);
         __m512 x[4];
         for (int c = 0; c < 4; c++)
             x[c] = _mm512_castsi512_ps(
@@ -213,7 +220,7 @@ static void weighted_bf16(const float* p, const uint16_t* v, float* o, float* ro
  * l[n] the sum of exp(score - m), o (n, D) the sum of exp(score - m) * v; s holds n * L scores */
 static void partial_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t n, int64_t L, int64_t D,
                          float scale, float* s, float* m, float* l, float* o, float* qf, float* row) {
-    scores_bf16(q, k, s, qf, row, L, n, D, scale);
+    scores_bf16(q, k, v, s, qf, row, L, n, D, scale);
     for (int64_t g = 0; g < n; g++) {
         m[g] = max_of(s + g * L, L);
         l[g] = L > 0 ? exp_shifted(s + g * L, L, m[g]) : 0.0f;
@@ -281,28 +288,56 @@ int64_t decode_attention_scratch(int64_t G, int64_t D, int64_t TMAX) {
 /* floats shared by all threads: the prefix partials of every (row, query head), plus the chunk tables */
 int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H * (D + 2) + 10 * B + 2; }
 
+#define ITEM_COST 32 /* an item's fixed cost in positions, for splitting items between threads */
+
+/* Items (each a span of `len` positions) are split into contiguous ranges, one per thread, of about equal work,
+ * so each thread knows its next item and can prefetch it. Item i belongs to the thread whose share of the total
+ * work holds the item's midpoint. */
+static int owner(int64_t before, int64_t work, int64_t total, int threads) {
+    return (int)(((2 * before + work) * threads) / (2 * total));
+}
+
+/* prefetch the first key block (all its lines: any position needs them) and the first values of an item of L
+ * positions into L1 (scores_bf16_blocks prefetches the rest while the item runs) */
+static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_t D, int64_t size) {
+#if defined(__AVX512F__)
+    for (int64_t line = 0; line < 16 * D * size; line += 64) _mm_prefetch((const char*)k + line, _MM_HINT_T0);
+    for (int64_t line = 0; line < (L < 16 ? L : 16) * D * size; line += 64) _mm_prefetch((const char*)v + line, _MM_HINT_T0);
+#else
+    (void)k, (void)v, (void)L, (void)D, (void)size;
+#endif
+}
+
 #define DEFINE_ATTENTION(NAME, TYPE, PARTIAL, MERGE)                                                               \
     void NAME(const TYPE* q, const TYPE* pk, const TYPE* pv, const int64_t* pre, const int64_t* plen, const TYPE* k, \
               const TYPE* v, const int64_t* glen, TYPE* out, float* work, int64_t B, int64_t KV, int64_t G,          \
               int64_t D, int64_t TP, int64_t T, float scale, int threads) {                                         \
-        int64_t H = KV * G, n = CHUNK * G, tmax = TP > T ? TP : T;                                                  \
+        int64_t H = KV * G, n = CHUNK * G, tmax = TP > T ? TP : T;            \
         int64_t per_thread = decode_attention_scratch(G, D, tmax);                                                 \
         float *pm = work, *pl = pm + B * H, *po = pl + B * H;                                                      \
         int64_t* tables = (int64_t*)(po + B * H * D);                                                              \
         int64_t *pairs = tables, *order = pairs + 2 * B, *start = order + B;                                       \
-        int64_t chunks = prefix_chunks(pre, B, pairs, order, start);                                               \
+        int64_t chunks = prefix_chunks(pre, B, pairs, order, start), prefix_work = 0, own_work = 0;               \
+        for (int64_t c = 0; c < chunks; c++) prefix_work += (plen[order[start[c]]] + ITEM_COST) * (start[c + 1] - start[c]); \
+        for (int64_t b = 0; b < B; b++) own_work += glen[b] + ITEM_COST;                                          \
         float* scratch = (float*)(tables + 5 * B + 1);                                                             \
         _Pragma("omp parallel num_threads(threads)") {                                                             \
-            float* s = scratch + (int64_t)omp_get_thread_num() * per_thread;                                       \
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();                                              \
+            float* s = scratch + (int64_t)t * per_thread;                                                          \
             float *o = s + n * tmax, *qf = o + n * D, *row = qf + n * D, *m = row + D, *l = m + n;                 \
             TYPE* qs = (TYPE*)(l + n); /* n * D queries of one chunk */                                            \
-            _Pragma("omp for collapse(2) schedule(dynamic, 1)")                                                    \
-            for (int64_t c = 0; c < chunks; c++)                                                                   \
+            int64_t before = 0;                                                                                    \
+            for (int64_t c = 0; c < chunks; c++) { /* pass 1: this thread's chunks, each kv head */               \
+                int64_t rows = start[c + 1] - start[c], first = order[start[c]];                                   \
+                int64_t w = (plen[first] + ITEM_COST) * rows;                                                      \
+                int mine = owner(before, w, prefix_work, nt) == t;                                                 \
+                before += w;                                                                                       \
+                if (!mine) continue;                                                                               \
                 for (int64_t j = 0; j < KV; j++) {                                                                 \
-                    int64_t rows = start[c + 1] - start[c], first = order[start[c]];                               \
+                    const TYPE* at = pk + (pre[first] * KV + j) * TP * D;                                          \
+                    if (j + 1 < KV) prefetch_item(at + TP * D, pv + (at + TP * D - pk), plen[first], D, sizeof(TYPE));              \
                     for (int64_t i = 0; i < rows; i++)                                                             \
                         memcpy(qs + i * G * D, q + (order[start[c] + i] * KV + j) * G * D, sizeof(TYPE) * G * D);  \
-                    const TYPE* at = pk + (pre[first] * KV + j) * TP * D;                                          \
                     PARTIAL(qs, at, pv + (at - pk), rows * G, plen[first], D, scale, s, m, l, o, qf, row);         \
                     for (int64_t i = 0; i < rows; i++)                                                             \
                         for (int64_t g = 0; g < G; g++) {                                                          \
@@ -312,10 +347,18 @@ int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H 
                             memcpy(po + x * D, o + y * D, sizeof(float) * D);                                      \
                         }                                                                                          \
                 }                                                                                                  \
-            _Pragma("omp for collapse(2) schedule(dynamic, 1)")                                                    \
-            for (int64_t b = 0; b < B; b++)                                                                        \
+            }                                                                                                      \
+            _Pragma("omp barrier");                                                                                \
+            before = 0;                                                                                            \
+            for (int64_t b = 0; b < B; b++) { /* pass 2: this thread's rows, each kv head */                      \
+                int64_t w = glen[b] + ITEM_COST;                                                                   \
+                int mine = owner(before, w, own_work, nt) == t;                                                    \
+                before += w;                                                                                       \
+                if (!mine) continue;                                                                               \
                 for (int64_t j = 0; j < KV; j++) {                                                                 \
                     int64_t bj = b * KV + j;                                                                       \
+                    if (bj + 1 < B * KV)                                                                               \
+                        prefetch_item(k + (bj + 1) * T * D, v + (bj + 1) * T * D, glen[(bj + 1) / KV], D, sizeof(TYPE));  \
                     PARTIAL(q + bj * G * D, k + bj * T * D, v + bj * T * D, G, glen[b], D, scale, s, m, l, o, qf,  \
                             row);                                                                                  \
                     for (int64_t g = 0; g < G; g++) { /* merge the prefix and generated partials */               \
@@ -326,6 +369,7 @@ int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H 
                         MERGE(out + x * D, po + x * D, o + g * D, a, c2, inv, D);                                  \
                     }                                                                                              \
                 }                                                                                                  \
+            }                                                                                                      \
         }                                                                                                          \
     }
 
