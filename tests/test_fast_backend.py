@@ -320,6 +320,21 @@ def test_native_attention_matches_sdpa(kernels, dtype, kv_heads, groups, dim):
         kernels.attention(q, prefix, (k[:, :, :50].contiguous(), v[:, :, :50].contiguous(), glen))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_attention_does_not_depend_on_the_thread_count(kernels, dtype):
+    """Rows and prompts are split between threads by work; every split gives the same bits."""
+    q, prefix, generated = attention_inputs(dtype, 3, 3, 64)
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2, 3, 5, 16):  # 16 threads: more threads than prompts and some without rows
+            torch.set_num_threads(count)
+            outputs.append(native_attention(kernels, q, prefix, generated))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
+
+
 def test_attention_ignores_positions_past_each_row(kernels):
     q, prefix, generated = attention_inputs(torch.float32, 2, 2, 16)
     expected = sdpa_decode(q, prefix, generated)
