@@ -106,10 +106,7 @@ static float exp_shifted(float* x, int64_t n, float m) { return exp_scaled(x, n,
 
 /* Keys are stored in blocks of 16 positions, each block (D/2, 16, 2): the two dims 2i, 2i+1 of its 16 positions
  * side by side, so one vdpbf16ps gives 16 positions' partial dot products (no transpose). Element (w, d): */
-#ifndef VALUE_HINT
-#define VALUE_HINT _MM_HINT_T0
-#endif
-#define PREFETCH_AHEAD 16 /* positions: keys and values are prefetched this far ahead (farther measured no faster) */
+#define PREFETCH_AHEAD 16 /* positions: keys are prefetched this far ahead (farther, into L2 or non-temporal: slower) */
 #define KEY_AT(k, w, d, D) ((k)[((w) >> 4) * 16 * (D) + ((d) >> 1) * 32 + ((w)&15) * 2 + ((d)&1)])
 
 #if defined(__AVX512BF16__)
@@ -134,7 +131,8 @@ static inline __attribute__((always_inline)) void scores_block_bf16(const uint16
         _mm512_mask_storeu_ps(s + (g + i) * L + w0, valid, _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), _mm512_set1_ps(scale)));
 }
 
-/* s (G, L) = scale * q k^T, one key block at a time, queries 3 at a time (a kv head's group here) */
+/* s (G, L) = scale * q k^T, one key block at a time, queries 3 at a time (a kv head's group here); prefetches the
+ * values v (L, D) for weighted_bf16, which runs next */
 static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, const uint16_t* v, float* s, int64_t L, int64_t G,
                                int64_t D, float scale) {
     for (int64_t w0 = 0; w0 < L; w0 += 16) {
@@ -143,7 +141,7 @@ static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, const uint1
             for (int64_t line = 0; line < 16 * D * 2; line += 64)
                 _mm_prefetch((const char*)(blk + PREFETCH_AHEAD * D) + line, _MM_HINT_T0);
         for (int64_t line = 0; line < (L - w0 < 16 ? L - w0 : 16) * D * 2; line += 64) /* values: weighted_bf16 next */
-            _mm_prefetch((const char*)(v + w0 * D) + line, VALUE_HINT);
+            _mm_prefetch((const char*)(v + w0 * D) + line, _MM_HINT_T0);
         __mmask16 valid = L - w0 >= 16 ? 0xFFFF : (__mmask16)((1u << (L - w0)) - 1u);
         int64_t g = 0;
         for (; g + 3 <= G; g += 3) scores_block_bf16(q, blk, s, w0, L, g, D, 3, scale, valid);
@@ -153,9 +151,9 @@ static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, const uint1
 }
 #endif
 
-/* s (G, L) = scale * q k^T for bf16 q (G, D) and blocked bf16 k (L, D) */
-static void scores_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, float* s, float* qf, float* row, int64_t L, int64_t G,
-                        int64_t D, float scale) {
+/* s (G, L) = scale * q k^T for bf16 q (G, D) and blocked bf16 k (L, D); v (L, D): the values, to prefetch */
+static void scores_bf16(const uint16_t* q, const uint16_t* k, const uint16_t* v, float* s, float* qf, float* row,
+                        int64_t L, int64_t G, int64_t D, float scale) {
 #if defined(__AVX512BF16__)
     if (D % 32 == 0) {
         scores_bf16_blocks(q, k, v, s, L, G, D, scale);
@@ -252,7 +250,9 @@ static void partial_f32(const float* q, const float* k, const float* v, int64_t 
  * 16. out: (B, KV*G, D). Query head h attends with kv head h / G (grouped-query attention, as transformers'
  * repeat_kv).
  * Pass 1 reads each prefix once per CHUNK rows of its prompt and keeps partial softmax results per query; pass 2
- * adds each row's generated part and merges the two (m, l, o) partials. */
+ * adds each row's generated part and merges the two (m, l, o) partials. In each pass a thread runs a contiguous
+ * range of items (see owner()) and prefetches its next item's first block while running one: pass 2 reads each
+ * row's keys and values once, so it runs at memory speed only if every item's first lines are already on the way. */
 
 #define CHUNK 8 /* rows of one prompt that share a pass over its prefix */
 
@@ -302,7 +302,8 @@ static int owner(int64_t before, int64_t work, int64_t total, int threads) {
 static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_t D, int64_t size) {
 #if defined(__AVX512F__)
     for (int64_t line = 0; line < 16 * D * size; line += 64) _mm_prefetch((const char*)k + line, _MM_HINT_T0);
-    for (int64_t line = 0; line < (L < 16 ? L : 16) * D * size; line += 64) _mm_prefetch((const char*)v + line, _MM_HINT_T0);
+    for (int64_t line = 0; line < (L < 16 ? L : 16) * D * size; line += 64)
+        _mm_prefetch((const char*)v + line, _MM_HINT_T0);
 #else
     (void)k, (void)v, (void)L, (void)D, (void)size;
 #endif
@@ -310,16 +311,17 @@ static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_
 
 #define DEFINE_ATTENTION(NAME, TYPE, PARTIAL, MERGE)                                                               \
     void NAME(const TYPE* q, const TYPE* pk, const TYPE* pv, const int64_t* pre, const int64_t* plen, const TYPE* k, \
-              const TYPE* v, const int64_t* glen, TYPE* out, float* work, int64_t B, int64_t KV, int64_t G,          \
-              int64_t D, int64_t TP, int64_t T, float scale, int threads) {                                         \
-        int64_t H = KV * G, n = CHUNK * G, tmax = TP > T ? TP : T;            \
+              const TYPE* v, const int64_t* glen, TYPE* out, float* work, int64_t B, int64_t KV, int64_t G,        \
+              int64_t D, int64_t TP, int64_t T, float scale, int threads) {                                        \
+        int64_t H = KV * G, n = CHUNK * G, tmax = TP > T ? TP : T;                                                 \
         int64_t per_thread = decode_attention_scratch(G, D, tmax);                                                 \
         float *pm = work, *pl = pm + B * H, *po = pl + B * H;                                                      \
         int64_t* tables = (int64_t*)(po + B * H * D);                                                              \
         int64_t *pairs = tables, *order = pairs + 2 * B, *start = order + B;                                       \
-        int64_t chunks = prefix_chunks(pre, B, pairs, order, start), prefix_work = 0, own_work = 0;               \
-        for (int64_t c = 0; c < chunks; c++) prefix_work += (plen[order[start[c]]] + ITEM_COST) * (start[c + 1] - start[c]); \
-        for (int64_t b = 0; b < B; b++) own_work += glen[b] + ITEM_COST;                                          \
+        int64_t chunks = prefix_chunks(pre, B, pairs, order, start), prefix_work = 0, own_work = 0;                \
+        for (int64_t c = 0; c < chunks; c++)                                                                       \
+            prefix_work += (plen[order[start[c]]] + ITEM_COST) * (start[c + 1] - start[c]);                        \
+        for (int64_t b = 0; b < B; b++) own_work += glen[b] + ITEM_COST;                                           \
         float* scratch = (float*)(tables + 5 * B + 1);                                                             \
         _Pragma("omp parallel num_threads(threads)") {                                                             \
             int t = omp_get_thread_num(), nt = omp_get_num_threads();                                              \
@@ -327,7 +329,7 @@ static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_
             float *o = s + n * tmax, *qf = o + n * D, *row = qf + n * D, *m = row + D, *l = m + n;                 \
             TYPE* qs = (TYPE*)(l + n); /* n * D queries of one chunk */                                            \
             int64_t before = 0;                                                                                    \
-            for (int64_t c = 0; c < chunks; c++) { /* pass 1: this thread's chunks, each kv head */               \
+            for (int64_t c = 0; c < chunks; c++) { /* pass 1: this thread's chunks, each kv head */                \
                 int64_t rows = start[c + 1] - start[c], first = order[start[c]];                                   \
                 int64_t w = (plen[first] + ITEM_COST) * rows;                                                      \
                 int mine = owner(before, w, prefix_work, nt) == t;                                                 \
@@ -335,7 +337,8 @@ static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_
                 if (!mine) continue;                                                                               \
                 for (int64_t j = 0; j < KV; j++) {                                                                 \
                     const TYPE* at = pk + (pre[first] * KV + j) * TP * D;                                          \
-                    if (j + 1 < KV) prefetch_item(at + TP * D, pv + (at + TP * D - pk), plen[first], D, sizeof(TYPE));              \
+                    if (j + 1 < KV) /* the next kv head's prefix */                                                \
+                        prefetch_item(at + TP * D, pv + (at + TP * D - pk), plen[first], D, sizeof(TYPE));         \
                     for (int64_t i = 0; i < rows; i++)                                                             \
                         memcpy(qs + i * G * D, q + (order[start[c] + i] * KV + j) * G * D, sizeof(TYPE) * G * D);  \
                     PARTIAL(qs, at, pv + (at - pk), rows * G, plen[first], D, scale, s, m, l, o, qf, row);         \
@@ -350,18 +353,18 @@ static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_
             }                                                                                                      \
             _Pragma("omp barrier");                                                                                \
             before = 0;                                                                                            \
-            for (int64_t b = 0; b < B; b++) { /* pass 2: this thread's rows, each kv head */                      \
+            for (int64_t b = 0; b < B; b++) { /* pass 2: this thread's rows, each kv head */                       \
                 int64_t w = glen[b] + ITEM_COST;                                                                   \
                 int mine = owner(before, w, own_work, nt) == t;                                                    \
                 before += w;                                                                                       \
                 if (!mine) continue;                                                                               \
                 for (int64_t j = 0; j < KV; j++) {                                                                 \
                     int64_t bj = b * KV + j;                                                                       \
-                    if (bj + 1 < B * KV)                                                                               \
+                    if (bj + 1 < B * KV)                                                                           \
                         prefetch_item(k + (bj + 1) * T * D, v + (bj + 1) * T * D, glen[(bj + 1) / KV], D, sizeof(TYPE));  \
                     PARTIAL(q + bj * G * D, k + bj * T * D, v + bj * T * D, G, glen[b], D, scale, s, m, l, o, qf,  \
                             row);                                                                                  \
-                    for (int64_t g = 0; g < G; g++) { /* merge the prefix and generated partials */               \
+                    for (int64_t g = 0; g < G; g++) { /* merge the prefix and generated partials */                \
                         int64_t x = bj * G + g;                                                                    \
                         float top = pm[x] > m[g] ? pm[x] : m[g];                                                   \
                         float a = expf(pm[x] - top), c2 = expf(m[g] - top);                                        \
