@@ -14,7 +14,7 @@ runs it natively, with the answer stage's decoding (temperature 0.7, top-p 0.9, 
             batches take minutes); tokens/s compares the two.
 
 Examples (from the repo root):
-  python experiments/perf/bench_generate.py            # full run, ~9 min here
+  python experiments/perf/bench_generate.py            # full run, 6.5-9 min here
   python experiments/perf/bench_generate.py --quick    # about a minute
   python experiments/perf/bench_generate.py --profile  # only fast's answer workload, time per op (~4 min)
 See experiments/perf/README.md for the results.
