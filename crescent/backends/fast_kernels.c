@@ -290,7 +290,7 @@ int64_t decode_attention_shared(int64_t B, int64_t H, int64_t D) { return B * H 
 
 #define ITEM_COST 32 /* an item's fixed cost in positions, for splitting items between threads */
 
-/* Items (each a span of `len` positions) are split into contiguous ranges, one per thread, of about equal work,
+/* Items (work: their positions plus ITEM_COST) are split into contiguous ranges, one per thread, of about equal work,
  * so each thread knows its next item and can prefetch it. Item i belongs to the thread whose share of the total
  * work holds the item's midpoint. */
 static int owner(int64_t before, int64_t work, int64_t total, int threads) {
