@@ -49,16 +49,17 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
-def _cpu_flags() -> str:
+def cpuinfo_line(field: str) -> str:
+    """The first /proc/cpuinfo line starting with `field` ("flags", "model name"), else platform.processor()."""
     try:
-        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(field)), "")
     except OSError:
         return platform.processor()
 
 
 def _build_key(compiler: str) -> str:
     """Source, flags, compiler and CPU: -march=native binaries must not be shared across machines."""
-    parts = [SOURCE.read_text(), " ".join(FLAGS), compiler, platform.machine(), _cpu_flags()]
+    parts = [SOURCE.read_text(), " ".join(FLAGS), compiler, platform.machine(), cpuinfo_line("flags")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

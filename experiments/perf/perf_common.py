@@ -17,20 +17,13 @@ if str(REPO) not in sys.path:
 RESULTS = REPO / "experiments" / "perf" / "results"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else platform.processor()."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
-
-
 def machine_info(load_start) -> dict:
     """CPU model and torch's SIMD level, cores, threads, versions, load average at start and now, peak RSS."""
     import torch
 
-    return {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    from crescent.backends.native import cpuinfo_line
+
+    return {"cpu_model": cpuinfo_line("model name").split(":", 1)[-1].strip(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "loadavg_at_start": load_start,
             "loadavg_at_end": os.getloadavg(),
