@@ -106,7 +106,15 @@ static float exp_shifted(float* x, int64_t n, float m) { return exp_scaled(x, n,
 
 /* Keys are stored in blocks of 16 positions, each block (D/2, 16, 2): the two dims 2i, 2i+1 of its 16 positions
  * side by side, so one vdpbf16ps gives 16 positions' partial dot products (no transpose). Element (w, d): */
-#define PREFETCH_AHEAD 16 /* positions: keys are prefetched this far ahead (farther, into L2 or non-temporal: slower) */
+#define PREFETCH_AHEAD 16 /* positions: keys and values are prefetched this far ahead (8-64: no clear difference) */
+/* Where the prefetches put the lines: L2 on AMD Zen (an EPYC with AVX512-BF16: decode attention 10-20 % faster
+ * on caches read from memory than into L1, experiments/perf/bench_attention.py), L1 elsewhere (a Xeon with AMX:
+ * L2 or non-temporal slower). gcc 12 calls Zen 4 znver3. */
+#if defined(__znver3__) || defined(__znver4__) || defined(__znver5__)
+#define PREFETCH_HINT _MM_HINT_T1
+#else
+#define PREFETCH_HINT _MM_HINT_T0
+#endif
 #define KEY_AT(k, w, d, D) ((k)[((w) >> 4) * 16 * (D) + ((d) >> 1) * 32 + ((w)&15) * 2 + ((d)&1)])
 
 #if defined(__AVX512BF16__)
@@ -139,9 +147,9 @@ static void scores_bf16_blocks(const uint16_t* q, const uint16_t* k, const uint1
         const uint16_t* blk = k + w0 * D;
         if (w0 + PREFETCH_AHEAD < L) /* the block PREFETCH_AHEAD positions ahead */
             for (int64_t line = 0; line < 16 * D * 2; line += 64)
-                _mm_prefetch((const char*)(blk + PREFETCH_AHEAD * D) + line, _MM_HINT_T0);
+                _mm_prefetch((const char*)(blk + PREFETCH_AHEAD * D) + line, PREFETCH_HINT);
         for (int64_t line = 0; line < (L - w0 < 16 ? L - w0 : 16) * D * 2; line += 64) /* values: weighted_bf16 next */
-            _mm_prefetch((const char*)(v + w0 * D) + line, _MM_HINT_T0);
+            _mm_prefetch((const char*)(v + w0 * D) + line, PREFETCH_HINT);
         __mmask16 valid = L - w0 >= 16 ? 0xFFFF : (__mmask16)((1u << (L - w0)) - 1u);
         int64_t g = 0;
         for (; g + 3 <= G; g += 3) scores_block_bf16(q, blk, s, w0, L, g, D, 3, scale, valid);
@@ -179,7 +187,7 @@ static inline __attribute__((always_inline)) void weighted_block(const float* p,
     for (int64_t w = 0; w < L; w++) {
         if (w + PREFETCH_AHEAD < L) /* the row PREFETCH_AHEAD ahead, both lines */
             for (int64_t line = 0; line < 128; line += 64)
-                _mm_prefetch((const char*)(v + (w + PREFETCH_AHEAD) * D + d0) + line, _MM_HINT_T0);
+                _mm_prefetch((const char*)(v + (w + PREFETCH_AHEAD) * D + d0) + line, PREFETCH_HINT);
         __m512 x[4];
         for (int c = 0; c < 4; c++)
             x[c] = _mm512_castsi512_ps(
@@ -298,12 +306,12 @@ static int owner(int64_t before, int64_t work, int64_t total, int threads) {
 }
 
 /* prefetch the first key block (all its lines: any position needs them) and the first values of an item of L
- * positions into L1 (scores_bf16_blocks prefetches the rest while the item runs) */
+ * positions (into PREFETCH_HINT's level; scores_bf16_blocks prefetches the rest while the item runs) */
 static inline void prefetch_item(const void* k, const void* v, int64_t L, int64_t D, int64_t size) {
 #if defined(__AVX512F__)
-    for (int64_t line = 0; line < 16 * D * size; line += 64) _mm_prefetch((const char*)k + line, _MM_HINT_T0);
+    for (int64_t line = 0; line < 16 * D * size; line += 64) _mm_prefetch((const char*)k + line, PREFETCH_HINT);
     for (int64_t line = 0; line < (L < 16 ? L : 16) * D * size; line += 64)
-        _mm_prefetch((const char*)v + line, _MM_HINT_T0);
+        _mm_prefetch((const char*)v + line, PREFETCH_HINT);
 #else
     (void)k, (void)v, (void)L, (void)D, (void)size;
 #endif
