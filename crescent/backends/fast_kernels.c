@@ -107,7 +107,7 @@ static float exp_shifted(float* x, int64_t n, float m) { return exp_scaled(x, n,
 /* Keys are stored in blocks of 16 positions, each block (D/2, 16, 2): the two dims 2i, 2i+1 of its 16 positions
  * side by side, so one vdpbf16ps gives 16 positions' partial dot products (no transpose). Element (w, d): */
 #define PREFETCH_AHEAD 16 /* positions: keys and values are prefetched this far ahead (8-64: no clear difference) */
-/* Where the prefetches put the lines: L2 on AMD Zen (an EPYC with AVX512-BF16: decode attention 10-20 % faster
+/* Where the prefetches put the lines: L2 on AMD Zen (an EPYC with AVX512-BF16: decode attention 11-22 % faster
  * on caches read from memory than into L1, experiments/perf/bench_attention.py), L1 elsewhere (a Xeon with AMX:
  * L2 or non-temporal slower). gcc 12 calls Zen 4 znver3. */
 #if defined(__znver3__) || defined(__znver4__) || defined(__znver5__)
