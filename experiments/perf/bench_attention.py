@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from perf_common import RESULTS, machine_info  # noqa: E402  (offline HF, the repo on sys.path)
+from perf_common import RESULTS, machine_info, stream_bandwidth  # noqa: E402  (offline HF, the repo on sys.path)
 
 import torch  # noqa: E402
 
@@ -79,7 +79,7 @@ def timed(builds: dict[str, FastKernels], s: dict, hot: bool, rounds: int) -> di
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=107, help="busy rows (default 107: the answer workload's mean)")
-    p.add_argument("--hot-rows", type=int, default=32, help="rows of the hot placement (default 32: ~5 MB a layer)")
+    p.add_argument("--hot-rows", type=int, default=32, help="rows of the hot placement (default 32: ~6 MB a layer)")
     p.add_argument("--samples", type=int, default=4, help="rows per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=400)
     p.add_argument("--rounds", type=int, default=10)
@@ -98,20 +98,14 @@ def main(argv=None) -> int:
         for placement, n in (("cold", args.rows), ("hot", args.hot_rows)):
             s = state(n, args.samples, args.max_new_tokens, args.seed)
             reference = step(repo, s, placement == "hot")
-            for name, kernels in builds.items():
-                if not torch.equal(step(kernels, s, placement == "hot"), reference):
+            for name in others:
+                if not torch.equal(step(builds[name], s, placement == "hot"), reference):
                     sys.exit(f"{name}: output differs from the repo's kernels")
             for name, seconds in timed(builds, s, placement == "hot", args.rounds).items():
                 rows[placement, name] = {"placement": placement, "build": name, "rows": n, "ms_per_step": 1e3 * seconds,
                                          "mb_per_step": s["bytes"] / 1e6, "gb_s": s["bytes"] / seconds / 1e9}
             del s
-        big = torch.empty(2**28, dtype=torch.bfloat16).fill_(1)
-        seconds = []
-        for _ in range(4):  # the first run warms up
-            start = time.perf_counter()
-            big.sum()
-            seconds.append(time.perf_counter() - start)
-        bandwidth = big.numel() * 2 / min(seconds[1:]) / 1e9
+        bandwidth = stream_bandwidth() / 1e9
     print("| placement | build | rows | ms per step | MB read | GB/s |\n|---|---|---:|---:|---:|---:|")
     for r in rows.values():
         print(f"| {r['placement']} | {r['build']} | {r['rows']} | {r['ms_per_step']:.1f} | {r['mb_per_step']:.0f} | "

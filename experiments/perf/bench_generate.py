@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from perf_common import REPO, RESULTS, machine_info  # noqa: E402  (offline HF, the repo on sys.path)
+from perf_common import REPO, RESULTS, best_of, machine_info, stream_bandwidth  # noqa: E402  (offline HF, the repo on sys.path)
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -121,16 +121,6 @@ def length_stats(lengths: list[int]) -> dict:
 
 
 # -- roofline ------------------------------------------------------------------------------------------------
-def best_of(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def roofline(forward, rows: int, context: float) -> dict:
     """Tokens/s bounds from measured GEMM speed (the backend's own prepacked GEMMs) and memory bandwidth."""
     dtype = forward.dtype
@@ -146,8 +136,7 @@ def roofline(forward, rows: int, context: float) -> dict:
     flops = 2 * rows * sum(n * k for n, k in (lin.shape for lin in gemms))
     a = torch.randn(2048, 2048, dtype=dtype)
     peak = 2 * 2048**3 / best_of(lambda: a @ a)
-    big = torch.empty(2**28, dtype=torch.bfloat16).fill_(1)  # 512 MiB
-    bandwidth = big.numel() * 2 / best_of(lambda: big.sum(), 3)
+    bandwidth = stream_bandwidth()
     kv_per_token = forward.cache_bytes(1) * context  # every layer's K and V, read once per token (no prompt sharing)
     per_token = gemm_s / rows + kv_per_token / bandwidth
     return {"rows": rows, "gemm_gflops_model_shapes": flops / gemm_s / 1e9, "gemm_gflops_2048": peak / 1e9,

@@ -6,6 +6,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,3 +29,22 @@ def machine_info(load_start) -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "loadavg_at_start": load_start,
             "loadavg_at_end": os.getloadavg(),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def best_of(fn, repeats: int = 5) -> float:
+    """Fewest seconds of `repeats` calls of fn, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def stream_bandwidth() -> float:
+    """Bytes per second of a bf16 sum over 512 MiB (memory read bandwidth), best of 3."""
+    import torch
+
+    big = torch.empty(2**28, dtype=torch.bfloat16).fill_(1)
+    return big.numel() * 2 / best_of(lambda: big.sum(), 3)
