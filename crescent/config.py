@@ -49,6 +49,7 @@ BENCHMARK_KINDS = ("generate", "multiple_choice")
 FEWSHOT_SAMPLERS = ("default", "first_n", "same_subject")  # lm-eval's two and crescent's
 MC_METRICS = ("acc", "acc_norm", "acc_mutual_info", "acc_bytes", "brier_score")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # crescent.train.module.ATTN_IMPLEMENTATIONS
 
 
 class ConfigError(ValueError):
@@ -318,6 +319,9 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.kd.alpha": float_in(0.0, 1.0),
     "train.kd.temperature": positive(),
     "train.lora": Rule("null or a LoRA mapping (see train=lora)", lambda x: x is None or isinstance(x, dict)),
+    "train.gradient_checkpointing": Rule("true, false or 'auto'", lambda x: isinstance(x, bool) or x == "auto"),
+    "train.attn_implementation": one_of(ATTN_IMPLEMENTATIONS),
+    "train.loss_chunk_tokens": optional(int_at_least(1)),
     "trainer.name": nonempty_str(),
     "trainer.accelerator": one_of(ACCELERATORS),
     "trainer.devices": Rule("an integer >= 1, -1 or 'auto'", _devices_ok),
@@ -683,8 +687,93 @@ def _named(cfg: Mapping, group: str, tables: Mapping[str, dict[str, Rule]], fiel
     return _prefixed(group, tables.get(name, {})) if isinstance(name, str) else {}
 
 
-def validate(cfg: Mapping) -> None:
-    """Raise ConfigError listing every invalid key (key, bad value, allowed values)."""
+def _cuda_device_count() -> int:
+    """Visible CUDA devices (imports torch: called only for configs that ask for GPUs)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def hardware_errors(cfg: Mapping, cuda_devices: Callable[[], int] = _cuda_device_count,
+                    importable: Callable[[str], bool] = _importable) -> list[str]:
+    """What this machine cannot run of the stages in `cfg`: a GPU trainer, DeepSpeed or FlashAttention without
+    CUDA, more trainer.devices than visible GPUs, backend=vllm without vllm (or without CUDA), eval on cuda
+    without CUDA. Torch is imported (for the device count) only when the config asks for CUDA."""
+    cfg = plain_config(cfg)
+    stages = get_key(cfg, "stages")
+    run = set(stages) if isinstance(stages, list) and all(isinstance(x, str) for x in stages) else set()
+    count: list[int] = []
+
+    def gpus() -> int:
+        if not count:
+            count.append(cuda_devices())
+        return count[0]
+
+    errors = []
+    if "train" in run:
+        accelerator, strategy = get_key(cfg, "trainer.accelerator"), get_key(cfg, "trainer.strategy")
+        devices = get_key(cfg, "trainer.devices")
+        if accelerator in ("gpu", "cuda") and gpus() == 0:
+            errors.append(f"  trainer.accelerator={accelerator!r} is invalid on this machine: no CUDA GPU is visible "
+                          "(use trainer=cpu, or run on a GPU node)")
+        elif strategy == "deepspeed" and gpus() == 0:
+            errors.append("  trainer.strategy='deepspeed' is invalid on this machine: DeepSpeed training needs CUDA "
+                          "GPUs and none is visible (use trainer=cpu, or run on a GPU node)")
+        elif accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus() > 0):
+            wanted = len(devices) if isinstance(devices, list) else devices
+            if isinstance(devices, list) and any(not _int(d) or d >= gpus() for d in devices):
+                errors.append(f"  trainer.devices={devices!r} is invalid on this machine: expected GPU indices below "
+                              f"the {gpus()} visible")
+            elif _int(wanted) and wanted > gpus():
+                errors.append(f"  trainer.devices={wanted!r} is invalid on this machine: only {gpus()} CUDA GPU(s) "
+                              f"visible (expected 1..{gpus()}, -1 or 'auto'; CUDA_VISIBLE_DEVICES limits them)")
+        attn = get_key(cfg, "train.attn_implementation")
+        if attn == "flash_attention_2" and not importable("flash_attn"):
+            errors.append("  train.attn_implementation='flash_attention_2' is invalid here: the flash-attn package "
+                          "is not installed (pip install flash-attn --no-build-isolation; see requirements-gpu.txt) "
+                          "- or use 'sdpa'")
+        elif attn == "flash_attention_2" and gpus() == 0:
+            errors.append("  train.attn_implementation='flash_attention_2' is invalid on this machine: FlashAttention "
+                          "needs a CUDA GPU (use 'sdpa')")
+    if run & {"generate", "gap"} and get_key(cfg, "backend.name") == "vllm":
+        if not importable("vllm"):
+            errors.append("  backend.name='vllm' is invalid here: vllm is not installed (install the GPU lock: pip "
+                          "install -r requirements-gpu.txt; or use backend=hf / backend=fast)")
+        elif gpus() == 0:
+            errors.append("  backend.name='vllm' is invalid on this machine: vLLM needs a CUDA GPU and none is "
+                          "visible (use backend=hf or backend=fast)")
+        else:
+            tp = get_key(cfg, "backend.tensor_parallel_size")
+            if _int(tp) and tp > gpus():
+                errors.append(f"  backend.tensor_parallel_size={tp} is invalid on this machine: only {gpus()} CUDA "
+                              "GPU(s) visible")
+    for key in (("eval.device",) if "eval" in run else ()) + \
+               (("backend.device",) if run & {"generate", "gap"} and get_key(cfg, "backend.name") == "hf" else ()):
+        dev = get_key(cfg, key)
+        if isinstance(dev, str) and dev.startswith("cuda") and gpus() == 0:
+            errors.append(f"  {key}={dev!r} is invalid on this machine: no CUDA GPU is visible (use 'cpu')")
+    return errors
+
+
+def check_hardware(cfg: Mapping, **kwargs) -> None:
+    """Raise ConfigError when this machine cannot run the config (hardware_errors)."""
+    errors = hardware_errors(cfg, **kwargs)
+    if errors:
+        raise ConfigError("config cannot run on this machine:\n" + "\n".join(errors))
+
+
+def validate(cfg: Mapping, hardware: bool = False) -> None:
+    """Raise ConfigError listing every invalid key (key, bad value, allowed values).
+
+    hardware=True (what a run does, before any model loads) also checks that this machine can run it
+    (hardware_errors: CUDA, GPU count, vllm / flash-attn installed); False checks the config alone, so a
+    GPU preset can be composed and checked on a CPU machine."""
     from crescent.gap.checks import gap_errors
     from crescent.verify.checks import verify_errors
 
@@ -704,6 +793,8 @@ def validate(cfg: Mapping) -> None:
     errors += _eval_errors(cfg) if "eval" in run else []
     errors += verify_errors(cfg["verify"]) if "verify" in cfg else []
     errors += gap_errors(cfg) if "gap" in run else []
+    if hardware and not errors:
+        errors += hardware_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(errors))
 

@@ -53,7 +53,7 @@ STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _ge
 def _run_rounds(cfg: DictConfig) -> dict:
     from crescent.rounds import run_rounds
 
-    validate(cfg)
+    validate(cfg, hardware=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": "running", "rounds": int(cfg.rounds), "started": time.time()}
@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        validate(cfg)  # before anything heavy is imported or loaded
+        validate(cfg, hardware=True)  # before anything heavy is imported or loaded (and this machine can run it)
     except ConfigError as e:  # recorded, so sweep aggregation lists the job with its error
         write_json(run_dir / "status.json", {"status": "failed", "error": f"ConfigError: {e}", "stages": []})
         raise

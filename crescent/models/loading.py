@@ -142,23 +142,29 @@ def load_model(
     dtype: str | None = None,
     device: str = "cpu",
     model_dir: str | None = None,
+    attn_implementation: str | None = None,
 ):
-    """Causal LM from safetensors, dtype from the argument or model.dtype, on `device`, in eval mode."""
+    """Causal LM from safetensors, dtype from the argument or model.dtype, on `device`, in eval mode;
+    attn_implementation (sdpa, eager, flash_attention_2) if given, else transformers' default."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(dtype or model_cfg.get("dtype"), device)
     model_dir = model_dir or resolve_model_dir(model_cfg, cache_dir)
-    model = _load(model_cfg, model_dir, AutoModelForCausalLM.from_pretrained, dtype=dtype, use_safetensors=True)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = _load(model_cfg, model_dir, AutoModelForCausalLM.from_pretrained, dtype=dtype, use_safetensors=True,
+                  **extra)
     return model.to(device).eval()
 
 
 def load_model_and_tokenizer(
-    model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None, dtype: str | None = None, device: str = "cpu"
+    model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None, dtype: str | None = None, device: str = "cpu",
+    attn_implementation: str | None = None,
 ):
     """(tokenizer, model), resolving the folder once; the model's pad token follows the tokenizer's."""
     model_dir = resolve_model_dir(model_cfg, cache_dir)
     tokenizer = load_tokenizer(model_cfg, cache_dir, model_dir=model_dir)
-    model = load_model(model_cfg, cache_dir, dtype=dtype, device=device, model_dir=model_dir)
+    model = load_model(model_cfg, cache_dir, dtype=dtype, device=device, model_dir=model_dir,
+                       attn_implementation=attn_implementation)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model

@@ -1,7 +1,9 @@
 """SFT data: chat rows -> assistant-only labels -> (optionally packed) length-grouped batches.
 
 Labels are aligned with `input_ids` (the loss shifts them); -100 marks prompt, template and padding.
-Packed blocks keep examples apart with a 4D block-diagonal causal mask (see `packed_attention_mask`).
+Packed blocks keep examples apart with a 4D block-diagonal causal mask (see `packed_attention_mask`), or,
+with `flatten=True` (FlashAttention), padding-free: the micro batch is one row whose position_ids restart
+at 0 per example and no attention mask (transformers' DataCollatorWithFlattening layout, see `collate_flat`).
 """
 from __future__ import annotations
 
@@ -231,6 +233,25 @@ def collate(batch: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
+def collate_flat(batch: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Padding-free: the micro batch as one (1, total tokens) row, no attention_mask, position_ids restarting
+    at 0 at every example (packed blocks: inside each block too), as transformers' DataCollatorWithFlattening.
+
+    FlashAttention-2 in transformers turns such position_ids into cu_seqlens (varlen kernels, nothing
+    quadratic in memory); sdpa/eager build the same block-diagonal causal mask from them (masking_utils'
+    packed-sequence detection, active when there is no attention_mask and no KV cache). Each example's
+    first label is -100 (tokenize_chat, pack_examples), so no token is trained to predict across a boundary.
+    """
+    input_ids, labels, position_ids = [], [], []
+    for x in batch:
+        input_ids += x["input_ids"]
+        labels += [IGNORE_INDEX] + list(x["labels"][1:])
+        position_ids += x["position_ids"] if "position_ids" in x else list(range(len(x["input_ids"])))
+    as_row = partial(torch.tensor, dtype=torch.long)
+    return {"input_ids": as_row([input_ids]), "labels": as_row([labels]), "position_ids": as_row([position_ids]),
+            "real_tokens": torch.tensor(len(input_ids)), "n_sequences": torch.tensor(len(batch))}
+
+
 class LengthGroupedSampler(Sampler[int]):
     """Per-epoch shuffled indices, consecutive micro batches of similar length.
 
@@ -304,12 +325,13 @@ class SFTDataModule(L.LightningDataModule):
 
     def __init__(self, path: str | Path, tokenizer, max_seq_len: int, micro_batch_size: int,
                  val_fraction: float = 0.1, packing: bool = False, group_by_length: bool = True, seed: int = 0,
-                 num_workers: int = 0):
+                 num_workers: int = 0, flatten: bool = False):
         super().__init__()
         self.path, self.tokenizer = str(path), tokenizer
         self.max_seq_len, self.micro_batch_size = int(max_seq_len), int(micro_batch_size)
         self.val_fraction, self.packing, self.group_by_length = float(val_fraction), bool(packing), group_by_length
         self.seed, self.num_workers = int(seed), int(num_workers)
+        self.flatten = bool(flatten)  # padding-free batches (collate_flat), for FlashAttention
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token (set tokenizer.pad_token)")
         self.pad_id = int(tokenizer.pad_token_id)
@@ -344,7 +366,8 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, data: list[dict], sampler, cls=DataLoader) -> DataLoader:
         # its own generator: starting an epoch then takes no draw from the global RNG (dropout's)
         return cls(data, batch_size=self.micro_batch_size, sampler=sampler, shuffle=False,
-                   collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.num_workers,
+                   collate_fn=collate_flat if self.flatten else partial(collate, pad_id=self.pad_id),
+                   num_workers=self.num_workers,
                    generator=torch.Generator().manual_seed(self.seed))
 
     def train_sampler(self) -> LengthGroupedSampler:

@@ -9,9 +9,11 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation values
 
 
 def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,6 +23,30 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     n = mask.sum()
     loss = F.cross_entropy(logits[mask], labels[mask], reduction="sum") / n.clamp(min=1)
     return loss, n
+
+
+def _ce_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), labels, reduction="sum")
+
+
+def chunked_ce(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+               chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """masked_ce from the final hidden states, without the logits of the whole batch.
+
+    Only positions with a label are projected, `chunk_tokens` at a time, each chunk under a non-reentrant
+    checkpoint: its logits are recomputed in the backward pass, so the peak is one chunk's logits (in fp32
+    for the softmax) instead of (batch x sequence x vocab). Same value and gradient as masked_ce on
+    `head(hidden)` up to float rounding (the sum runs chunk by chunk)."""
+    hidden, labels = hidden[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    n = mask.sum()
+    hidden, labels = hidden[mask], labels[mask]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, labels.numel(), chunk_tokens):
+        h, y = hidden[start: start + chunk_tokens], labels[start: start + chunk_tokens]
+        total = total + (checkpoint(_ce_sum, h, y, head, use_reentrant=False) if torch.is_grad_enabled()
+                         else _ce_sum(h, y, head))
+    return total / n.clamp(min=1), n
 
 
 def masked_kd(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -51,6 +77,33 @@ def same_vocab(a, b) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """transformers' activation (gradient) checkpointing of every decoder layer, non-reentrant (works with
+    frozen inputs, LoRA and DeepSpeed without enable_input_require_grads); transformers < 5.x only has
+    the older name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+
+
+def is_gradient_checkpointing(model) -> bool:
+    """transformers' is_activation_checkpointing (is_gradient_checkpointing before 5.x)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(model.is_gradient_checkpointing)
+
+
+def _chunkable(model) -> bool:
+    """The logits are exactly lm_head(decoder(...).last_hidden_state): no soft-capping or logit scale."""
+    config = getattr(model, "config", None)
+    return all(not getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale",
+                                                           "logits_scaling", "output_multiplier_scale"))
+
+
 class CausalLMModule(L.LightningModule):
     """SFT (train=sft), distillation with an optional KD term (train=distil), LoRA (train=lora)."""
 
@@ -62,6 +115,12 @@ class CausalLMModule(L.LightningModule):
         kd = train_cfg.get("kd") or {}
         self.kd_alpha = float(kd.get("alpha", 0.0)) if teacher is not None else 0.0
         self.kd_temperature = float(kd.get("temperature", 1.0))
+        self.loss_chunk_tokens = int(train_cfg.get("loss_chunk_tokens") or 0)
+        if self.loss_chunk_tokens and (self.kd_alpha > 0 or not _chunkable(model)):
+            log.warning("train.loss_chunk_tokens=%d not used: %s", self.loss_chunk_tokens,
+                        "the KD term needs the full logits" if self.kd_alpha > 0 else
+                        "this model scales or caps its logits after lm_head")
+            self.loss_chunk_tokens = 0
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.model.train()  # transformers 5 loads in eval mode and Lightning keeps module modes
@@ -72,7 +131,15 @@ class CausalLMModule(L.LightningModule):
     def _logits(self, model, batch) -> torch.Tensor:
         return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
 
+    def _chunked_losses(self, batch) -> dict[str, torch.Tensor]:
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        hidden = decoder(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).last_hidden_state
+        ce, n = chunked_ce(hidden, head, batch["labels"], self.loss_chunk_tokens)
+        return {"ce": ce, "trainable_tokens": n, "loss": ce}
+
     def _losses(self, batch) -> dict[str, torch.Tensor]:
+        if self.loss_chunk_tokens:
+            return self._chunked_losses(batch)
         logits = self._logits(self.model, batch)
         ce, n = masked_ce(logits, batch["labels"])
         out = {"ce": ce, "trainable_tokens": n}
@@ -97,7 +164,7 @@ class CausalLMModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self._losses(batch)
         real = batch["real_tokens"] if "real_tokens" in batch else batch["attention_mask"].sum()
-        bs = batch["input_ids"].shape[0]
+        bs = int(batch["n_sequences"]) if "n_sequences" in batch else batch["input_ids"].shape[0]
         metrics = {"train/loss": out["loss"], "train/ce": out["ce"],
                    "train/trainable_fraction": out["trainable_tokens"].float() / real.clamp(min=1)}
         if "kd" in out:
@@ -110,7 +177,8 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self._losses(batch)
-        self.log("val/loss", out["ce"], prog_bar=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+        bs = int(batch["n_sequences"]) if "n_sequences" in batch else batch["input_ids"].shape[0]
+        self.log("val/loss", out["ce"], prog_bar=True, on_epoch=True, batch_size=bs)
 
     # -- checkpoints: the metrics so far go with each one, so a resume that has nothing left to train
     # (the checkpoint of the final step) still reports those of the run that trained; the torch RNG

@@ -72,9 +72,10 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     from crescent.models.loading import load_model_and_tokenizer
     from crescent.train.data import SFTDataModule
     from crescent.train.export import export_hf
-    from crescent.train.module import CausalLMModule, apply_lora
-    from crescent.train.trainer import (build_trainer, needs_deepspeed_cpu_adam, prepare_checkpoints,
-                                        resume_checkpoint, train_fingerprint)
+    from crescent.train.module import CausalLMModule, apply_lora, enable_gradient_checkpointing
+    from crescent.train.trainer import (build_trainer, flatten_batches, gradient_checkpointing_on,
+                                        needs_deepspeed_cpu_adam, prepare_checkpoints, resume_checkpoint,
+                                        train_fingerprint, training_dtype)
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
@@ -87,7 +88,10 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                  "(train.resume=false retrains)", run_dir / "hf_export")
         return done
     L.seed_everything(int(tc.seed), workers=True, verbose=False)
-    tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype="float32")
+    tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype=training_dtype(cfg.trainer),
+                                                attn_implementation=tc.get("attn_implementation"))
+    if gradient_checkpointing_on(cfg):
+        enable_gradient_checkpointing(model)
     if tc.lora:
         model = apply_lora(model, tc.lora)
     teacher = _load_teacher(cfg, tokenizer)
@@ -97,7 +101,8 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                                   logger=_lightning_logger(cfg, run_dir, tracker))
     data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
                          micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
-                         packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed))
+                         packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed),
+                         flatten=flatten_batches(tc))
     module = CausalLMModule(model, tokenizer, OmegaConf.to_container(tc, resolve=True), teacher=teacher,
                             use_cpu_adam=needs_deepspeed_cpu_adam(cfg.trainer))
     ckpt = resume_checkpoint(run_dir, tc.resume, fingerprint)

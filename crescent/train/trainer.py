@@ -78,6 +78,33 @@ def _precision_flags(precision: Any) -> tuple[bool, bool]:
     return p.startswith("bf16"), p in ("16", "16-mixed", "16-true")
 
 
+def training_dtype(trainer_cfg: DictConfig) -> str:
+    """The dtype the student's weights train in, so it is loaded in it (no fp32 copy on the host first).
+
+    DeepSpeed with bf16/fp16 casts the parameters to 16 bits itself (its optimizer keeps the fp32 master
+    copy), as do Lightning's "-true" precisions; Lightning's "-mixed" precisions (DDP, CPU) autocast and
+    need fp32 weights."""
+    precision = str(trainer_cfg.precision)
+    bf16, fp16 = _precision_flags(precision)
+    if (bf16 or fp16) and (trainer_cfg.strategy == "deepspeed" or precision.endswith("-true")):
+        return "bfloat16" if bf16 else "float16"
+    return "float32"
+
+
+def gradient_checkpointing_on(cfg: DictConfig) -> bool:
+    """train.gradient_checkpointing: true / false, or "auto" = on when training on GPUs (trainer.accelerator
+    gpu/cuda, or strategy deepspeed): off on CPU, where activations fit and recomputation only costs time."""
+    value = cfg.train.get("gradient_checkpointing", False)
+    if str(value).lower() == "auto":
+        return cfg.trainer.accelerator in ("gpu", "cuda") or cfg.trainer.strategy == "deepspeed"
+    return bool(value)
+
+
+def flatten_batches(train_cfg: DictConfig) -> bool:
+    """Padding-free batches (data.collate_flat) with FlashAttention-2, which cannot take a dense 4D mask."""
+    return str(train_cfg.get("attn_implementation", "sdpa")).startswith("flash_attention")
+
+
 def needs_deepspeed_cpu_adam(trainer_cfg: DictConfig) -> bool:
     """True when DeepSpeed offloads the optimizer to CPU.
 
@@ -222,7 +249,7 @@ def train_fingerprint(cfg: DictConfig, data_path: str | Path) -> dict:
     from crescent.models.embedded import file_sha256
 
     train = OmegaConf.to_container(cfg.train, resolve=True)
-    for key in ("resume", "checkpoint_every_n_steps", "data"):
+    for key in ("resume", "checkpoint_every_n_steps", "data", "gradient_checkpointing"):  # same weights either way
         train.pop(key, None)
     parts = {"train": train, "precision": str(cfg.trainer.precision),
              "student": OmegaConf.to_container(cfg.student, resolve=True),
