@@ -75,7 +75,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     from crescent.train.module import CausalLMModule, apply_lora, enable_gradient_checkpointing
     from crescent.train.trainer import (build_trainer, flatten_batches, gradient_checkpointing_on,
                                         needs_deepspeed_cpu_adam, prepare_checkpoints, resume_checkpoint,
-                                        train_fingerprint, training_dtype)
+                                        student_load_kwargs, train_fingerprint)
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
@@ -88,8 +88,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                  "(train.resume=false retrains)", run_dir / "hf_export")
         return done
     L.seed_everything(int(tc.seed), workers=True, verbose=False)
-    tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype=training_dtype(cfg.trainer),
-                                                attn_implementation=tc.get("attn_implementation"))
+    tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, **student_load_kwargs(cfg))
     if gradient_checkpointing_on(cfg):
         enable_gradient_checkpointing(model)
     if tc.lora:

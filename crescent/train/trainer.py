@@ -100,6 +100,11 @@ def gradient_checkpointing_on(cfg: DictConfig) -> bool:
     return bool(value)
 
 
+def student_load_kwargs(cfg: DictConfig) -> dict[str, str]:
+    """How the train stage loads the student: in the training dtype, with train.attn_implementation."""
+    return {"dtype": training_dtype(cfg.trainer), "attn_implementation": str(cfg.train.get("attn_implementation", "sdpa"))}
+
+
 def flatten_batches(train_cfg: DictConfig) -> bool:
     """Padding-free batches (data.collate_flat) with FlashAttention-2, which cannot take a dense 4D mask."""
     return str(train_cfg.get("attn_implementation", "sdpa")).startswith("flash_attention")
