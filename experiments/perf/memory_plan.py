@@ -253,9 +253,12 @@ def table(result: dict) -> str:
               f"train.gradient_checkpointing -> {on}: {result['total'] / GB:.1f} GB of {result['gpu_bytes'] / GB:.0f} GB, "
               f"margin {result['margin'] / GB:.1f} GB ({100 * result['margin'] / result['gpu_bytes']:.0f} %): "
               + ("fits" if result["fits"] else "DOES NOT FIT"),
-              f"model states: {result['model_states_source']}"]
+              f"model states: {result['model_states_source']}",
+              "weights = the 16-bit parameters (+ the fp32 master shard under DeepSpeed; fp32 + autocast copies "
+              "under DDP)"]
     if result["host_ram_per_node"]:
-        lines.append(f"host RAM per node (DeepSpeed estimate): {result['host_ram_per_node'] / GB:.0f} GB")
+        lines.append(f"host RAM per node (DeepSpeed's estimate, which assumes an fp32 copy per rank; the train stage "
+                     f"loads the 16-bit weights): {result['host_ram_per_node'] / GB:.0f} GB")
     return "\n".join(lines)
 
 
