@@ -226,3 +226,15 @@ def test_the_train_stage_enables_checkpointing_and_chunked_loss(make_cfg, tmp_pa
     result = pipeline.run(cfg)["train"]
     assert seen == {"checkpointing": True, "chunk": 16, "attn": "eager", "dtype": torch.float32}
     assert result["global_step"] == 1 and Path(result["export"], "config.json").is_file()
+
+
+def test_checkpointing_does_not_change_the_training_fingerprint(make_cfg, tmp_path):
+    """Recomputing activations gives the same weights: switching it keeps train.resume=auto resuming."""
+    from crescent.train.trainer import train_fingerprint
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"messages": ROWS[0]}) + "\n")
+    on = train_fingerprint(make_cfg("stages=[train]", "train.gradient_checkpointing=true"), data)
+    off = train_fingerprint(make_cfg("stages=[train]", "train.gradient_checkpointing=false"), data)
+    chunked = train_fingerprint(make_cfg("stages=[train]", "train.loss_chunk_tokens=64"), data)
+    assert on["hash"] == off["hash"] != chunked["hash"]

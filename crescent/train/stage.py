@@ -48,7 +48,10 @@ def _load_teacher(cfg: DictConfig, student_tok):
     from crescent.models.loading import load_model_and_tokenizer
     from crescent.train.module import same_vocab
 
-    tok, teacher = load_model_and_tokenizer(cfg.teacher, cfg.paths.cache_dir, dtype="float32")
+    from crescent.train.trainer import training_dtype
+
+    # frozen, a submodule of the LightningModule: DeepSpeed bf16 casts it to 16 bits as the student
+    tok, teacher = load_model_and_tokenizer(cfg.teacher, cfg.paths.cache_dir, dtype=training_dtype(cfg.trainer))
     if not same_vocab(tok, student_tok):
         log.warning("train.kd.alpha=%s ignored: teacher %s and student %s have different vocabularies",
                     cfg.train.kd.alpha, cfg.teacher.name, cfg.student.name)
