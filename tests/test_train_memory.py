@@ -238,3 +238,22 @@ def test_checkpointing_does_not_change_the_training_fingerprint(make_cfg, tmp_pa
     off = train_fingerprint(make_cfg("stages=[train]", "train.gradient_checkpointing=false"), data)
     chunked = train_fingerprint(make_cfg("stages=[train]", "train.loss_chunk_tokens=64"), data)
     assert on["hash"] == off["hash"] != chunked["hash"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_flash_attention_on_padding_free_batches_matches_sdpa_on_the_4d_mask():
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        pytest.skip("flash-attn is not installed")
+    tok, fa = load_model_and_tokenizer(TINY, dtype="bfloat16", device="cuda", attn_implementation="flash_attention_2")
+    _, sdpa = load_model_and_tokenizer(TINY, dtype="bfloat16", device="cuda", attn_implementation="sdpa")
+    blocks = pack_examples(examples(tok), 96)
+    padded, flat = collate(blocks, tok.pad_token_id), collate_flat(blocks)
+    with torch.no_grad():
+        dense = sdpa(**{k: padded[k].cuda() for k in ("input_ids", "attention_mask", "position_ids")}).logits
+        free = fa(input_ids=flat["input_ids"].cuda(), position_ids=flat["position_ids"].cuda(), use_cache=False).logits
+    loss_dense, _ = masked_ce(dense, padded["labels"].cuda())
+    loss_free, _ = masked_ce(free, flat["labels"].cuda())
+    assert loss_free.item() == pytest.approx(loss_dense.item(), rel=2e-2)
