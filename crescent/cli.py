@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -19,8 +21,14 @@ from crescent.config import ConfigError  # noqa: E402
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def main() -> float | None:
+    """The console script: Hydra's main with the per-rank overrides of a multi-process launch added."""
+    sys.argv[1:] = [*sys.argv[1:], *rank_overrides(sys.argv[1:])]
+    return _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from crescent.pipeline import objective, run
 
     try:
@@ -29,6 +37,19 @@ def main(cfg: DictConfig) -> float | None:
         if _multirun():
             raise  # Hydra records the failed job and runs the rest of the sweep
         raise SystemExit(f"crescent: {e}") from None
+
+
+def rank_overrides(argv: list[str]) -> list[str]:
+    """Hydra overrides for a rank > 0 that torchrun / srun started (Lightning's launcher adds the same ones to the
+    processes it starts): no second .hydra/ config write into the shared run dir, and a log file of its own."""
+    from crescent.utils import dist
+
+    rank = dist.global_rank()
+    if rank == 0:
+        return []
+    given = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    extra = {"hydra.output_subdir": "null", "hydra.job.name": f"crescent_rank{rank}"}
+    return [f"{k}={v}" for k, v in extra.items() if k not in given]
 
 
 def _multirun() -> bool:

@@ -10,6 +10,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import ConfigError, validate
+from crescent.utils import dist
 from crescent.utils.io import write_json
 from crescent.utils.summary import print_summary
 from crescent.utils.tracking import Tracker
@@ -49,6 +50,67 @@ def _gap(cfg: DictConfig, tracker: Tracker) -> dict:
 
 STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval, "gap": _gap}
 
+# Which ranks run a stage when a launcher started several processes (crescent/utils/dist.py):
+#   all     every rank takes part (training: Lightning's DDP / DeepSpeed; rank 0 alone writes its outputs)
+#   shared  global rank 0 runs it; the other ranks wait for its result and read it (not data-parallel)
+#   rank0   global rank 0 only; the other ranks skip it (export and lm-eval live on rank 0; lm-eval's
+#           simple_evaluate returns None where LOCAL_RANK != 0)
+# status.json, summaries and the W&B run belong to rank 0 whatever the stage.
+STAGE_RANKS: dict[str, str] = {"generate": "shared", "train": "all", "eval": "rank0", "gap": "rank0"}
+
+
+class _Status:
+    """status.json, written by global rank 0 only; counts its writes (recorded per rank, see dist.record_rank)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "status.json"
+        self.owner = dist.is_global_zero()
+        self.writes = 0
+
+    def write(self, status: dict) -> None:
+        if self.owner:
+            write_json(self.path, status)
+            self.writes += 1
+
+
+def _run_stage(stage: str, cfg: DictConfig, tracker: Tracker) -> tuple[dict, str]:
+    """(result, what this rank did: ran / waited / skipped) under the stage's STAGE_RANKS policy."""
+    policy = STAGE_RANKS.get(stage, "rank0")
+    if policy == "all" or dist.is_global_zero() and policy != "shared":
+        return STAGE_FUNCS[stage](cfg, tracker), "ran"
+    if policy == "shared":
+        rank0 = dist.is_global_zero()
+        result = dist.rank_zero_first(cfg.paths.output_dir, stage, lambda: STAGE_FUNCS[stage](cfg, tracker))
+        return result, "ran" if rank0 else "waited"
+    log.info("%s: %s runs on global rank 0 only", dist.rank_label(), stage)
+    return {"skipped": f"runs on global rank 0 only (this is {dist.rank_label()})"}, "skipped"
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Launch shapes that cannot work, before anything loads: a Hydra sweep (-m) with several devices per job under
+    Lightning's own launcher, which re-runs the whole command line (the sweep included) for every extra rank."""
+    from omegaconf import ListConfig
+
+    devices, accelerator = cfg.trainer.get("devices", 1), str(cfg.trainer.get("accelerator", "cpu"))
+    if isinstance(devices, (list, tuple, ListConfig)):
+        several = len(devices) > 1
+    else:  # an int > 1, or -1 / "auto" (all visible GPUs; one process on CPU)
+        several = str(devices) not in ("0", "1") and not (str(devices) in ("-1", "auto") and accelerator == "cpu")
+    if not several or "train" not in cfg.stages or dist.launched_externally():
+        return
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return
+    if multirun:
+        raise ConfigError(f"trainer.devices={devices} in a -m sweep: Lightning's launcher would re-run the whole sweep "
+                          "for every extra rank. Run each job on its own allocation (hydra/launcher=slurm_8gpu, which "
+                          "starts one task per GPU) or launch single jobs with torchrun / srun (README: Multi-GPU and "
+                          "multi-node)")
+
 
 def _run_rounds(cfg: DictConfig) -> dict:
     from crescent.rounds import run_rounds
@@ -56,15 +118,20 @@ def _run_rounds(cfg: DictConfig) -> dict:
     validate(cfg, hardware=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not dist.is_global_zero():  # take part in each round's training; the summaries are rank 0's
+        from crescent.rounds import round_config
+
+        return {"rounds": [run(round_config(cfg, r, run_dir)) for r in range(int(cfg.rounds))]}
+    status_file = _Status(run_dir)
     status = {"status": "running", "rounds": int(cfg.rounds), "started": time.time()}
-    write_json(run_dir / "status.json", status)
+    status_file.write(status)
     try:
         result = run_rounds(cfg, run)
     except BaseException as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        write_json(run_dir / "status.json", status)
+        status_file.write(status)
         raise
-    write_json(run_dir / "status.json", {**status, "status": "ok", "finished": time.time()})
+    status_file.write({**status, "status": "ok", "finished": time.time()})
     log.info("rounds summary: %s", run_dir / "rounds" / "summary.md")
     return {"rounds": result}
 
@@ -73,7 +140,7 @@ def objective(cfg: DictConfig, results: dict) -> float | None:
     """The value of cfg.optimized_metric ('<stage>/<metric>', e.g. 'eval/gsm8k/flexible-extract'), which
     the Optuna sweeper maximises or minimises; None when no metric is named."""
     name = cfg.get("optimized_metric")
-    if not name:
+    if not name or not dist.is_global_zero():  # the metrics are rank 0's
         return None
     from crescent.utils.tracking import flatten
 
@@ -87,42 +154,69 @@ def objective(cfg: DictConfig, results: dict) -> float | None:
 
 def run(cfg: DictConfig) -> dict:
     """Validate, then run cfg.stages in order (cfg.rounds times when > 1, see crescent.rounds).
-    Returns {stage: result}. Raises on failure after writing status.json = failed with the traceback."""
+    Returns {stage: result}. Raises on failure after writing status.json = failed with the traceback.
+
+    Rank-aware (see STAGE_RANKS and crescent/utils/dist.py): under Lightning's launcher, torchrun or srun every rank
+    runs this; only global rank 0 writes status.json, summaries and the W&B run."""
     if int(cfg.get("rounds", 1) or 1) > 1:
         return _run_rounds(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    status_file = _Status(run_dir)
     try:
         validate(cfg, hardware=True)  # before anything heavy is imported or loaded (and this machine can run it)
+        check_launch(cfg)
     except ConfigError as e:  # recorded, so sweep aggregation lists the job with its error
-        write_json(run_dir / "status.json", {"status": "failed", "error": f"ConfigError: {e}", "stages": []})
+        status_file.write({"status": "failed", "error": f"ConfigError: {e}", "stages": []})
         raise
     from crescent.utils.io import ensure_writable
 
     ensure_writable(run_dir, "paths.output_dir")
     if "generate" in cfg.stages and cfg.get("cache_synth", True):
         ensure_writable(cfg.paths.synth_cache, "paths.synth_cache")
+    previous_launch = dist.export_launch_id()  # the ranks Lightning's launcher starts in trainer.fit inherit it
+    record: dict = {"stages": {}, "status": "running"}
+    try:
+        return _run_stages(cfg, run_dir, status_file, record)
+    except BaseException as e:
+        record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        record["status_writes"] = status_file.writes
+        try:
+            dist.record_rank(run_dir, record)
+        except OSError:
+            log.exception("could not record what %s did", dist.rank_label())
+        dist.restore_launch_id(previous_launch)
+
+
+def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: dict) -> dict:
     status = {"status": "running", "stages": list(cfg.stages), "done": [], "started": time.time()}
-    write_json(run_dir / "status.json", status)
-    if cfg.get("print_config", False):
+    status_file.write(status)
+    if cfg.get("print_config", False) and dist.is_global_zero():
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = Tracker(cfg, run_dir)
+    tracker = Tracker(cfg, run_dir)  # inert on ranks > 0
     results: dict[str, dict] = {}
     try:
         for stage in cfg.stages:
             t0 = time.perf_counter()
-            results[stage] = STAGE_FUNCS[stage](cfg, tracker)
+            results[stage], record["stages"][stage] = _run_stage(stage, cfg, tracker)
             summary = results[stage].get("counts") or results[stage].get("metrics") or {}
             tracker.log({stage: summary, f"{stage}_wall_s": time.perf_counter() - t0})
             status["done"].append(stage)
-            write_json(run_dir / "status.json", status)
+            status_file.write(status)
     except BaseException as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        write_json(run_dir / "status.json", status)
+        status_file.write(status)
         tracker.finish(ok=False)
         raise
     status.update(status="ok", finished=time.time())
-    write_json(run_dir / "status.json", status)
+    status_file.write(status)
     tracker.finish(ok=True)
-    print_summary(cfg, results, run_dir)
+    record["status"] = "ok"
+    if dist.is_global_zero():
+        print_summary(cfg, results, run_dir)
+        codes = dist.wait_for_children()  # ranks Lightning's launcher started: they end after training
+        if any(codes):
+            log.warning("rank processes started by Lightning's launcher exited with %s", codes)
     return results

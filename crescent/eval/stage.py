@@ -114,7 +114,11 @@ def _launch_dir() -> str:
 
 def run(cfg: DictConfig, tracker=None) -> dict:
     from crescent.eval import harness, report
+    from crescent.utils import dist
 
+    if not dist.is_global_zero():  # lm-eval's simple_evaluate returns None where LOCAL_RANK != 0
+        raise RuntimeError(f"the eval stage runs on global rank 0 only, not on {dist.rank_label()} "
+                           "(crescent.pipeline skips it on the other ranks)")
     t0 = time.perf_counter()
     ec = cfg.eval
     out = Path(cfg.paths.output_dir) / "eval"

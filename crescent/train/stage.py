@@ -80,16 +80,28 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                                         needs_deepspeed_cpu_adam, prepare_checkpoints, resume_checkpoint,
                                         student_load_kwargs, train_fingerprint)
 
+    from crescent.utils import dist
+
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     data_path = training_data(cfg)
     tc = cfg.train
     fingerprint = train_fingerprint(cfg, data_path)
-    done = finished_result(run_dir, fingerprint, tc.resume)
-    if done is not None:
+
+    def decide() -> dict:
+        """Rank 0 alone looks at (and clears) checkpoints/; every rank follows its decision."""
+        done = finished_result(run_dir, fingerprint, tc.resume)
+        if done is not None:
+            return {"done": done, "ckpt": None}
+        ckpt = resume_checkpoint(run_dir, tc.resume, fingerprint)
+        prepare_checkpoints(run_dir, fingerprint, resuming=ckpt is not None)
+        return {"done": None, "ckpt": ckpt}
+
+    decision = dist.rank_zero_first(run_dir, "train_prepare", decide)
+    if decision["done"] is not None:
         log.info("train: %s already holds this training config's result: not training again "
                  "(train.resume=false retrains)", run_dir / "hf_export")
-        return done
+        return decision["done"]
     L.seed_everything(int(tc.seed), workers=True, verbose=False)
     tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, **student_load_kwargs(cfg))
     if gradient_checkpointing_on(cfg):
@@ -107,14 +119,15 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                          flatten=flatten_batches(tc))
     module = CausalLMModule(model, tokenizer, OmegaConf.to_container(tc, resolve=True), teacher=teacher,
                             use_cpu_adam=needs_deepspeed_cpu_adam(cfg.trainer))
-    ckpt = resume_checkpoint(run_dir, tc.resume, fingerprint)
+    ckpt = decision["ckpt"]
     resumed_from = str(Path(ckpt).resolve()) if ckpt else None  # the file last.ckpt links to
-    prepare_checkpoints(run_dir, fingerprint, resuming=ckpt is not None)
     # SFTDataModule resumes mid-epoch itself (see its state_dict); Lightning only checks the DataLoader.
     # checkpoints/ holds config.json (and, on a resume, the checkpoints): not a sign of a clash.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    dist.adopt_children(trainer)  # rank 0 of Lightning's launcher waits for the ranks it started, at the end
+    # every rank enters (a barrier, then rank 0 alone consolidates and writes)
     export_dir = export_hf(module.model, tokenizer, run_dir / "hf_export", trainer=trainer,
                            checkpoint_dir=run_dir / "checkpoints")
     # a resume from the final step trains nothing and logs nothing: keep the checkpoint's metrics
@@ -126,5 +139,6 @@ def run(cfg: DictConfig, tracker=None) -> dict:
         "fingerprint": fingerprint["hash"], "batch_plan": plan._asdict(), "data_stats": getattr(data, "stats", {}),
         "metrics": metrics, "wall_s": round(time.perf_counter() - t0, 2),
     }
-    write_json(run_dir / "train_result.json", result)
+    if trainer.is_global_zero:
+        write_json(run_dir / "train_result.json", result)
     return result

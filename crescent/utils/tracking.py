@@ -76,8 +76,13 @@ def wandb_group(info: dict[str, Any]) -> str | None:
 
 
 class Tracker:
+    """The job's experiment-tracker run. Only global rank 0 owns one (one W&B run per job, however many processes a
+    launcher started); on the other ranks the tracker is inert."""
+
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.kind = cfg.logger.name
+        from crescent.utils.dist import is_global_zero
+
+        self.kind = cfg.logger.name if is_global_zero() else "none"
         self.run_dir = Path(run_dir)
         self._run = None
         if self.kind == "wandb":
