@@ -714,7 +714,8 @@ SYNTH_CODE_VERSION = 2
 # Everything that changes the generated data; paths, logging and later stages are left out.
 SYNTH_KEYS = ("teacher", "backend", "questions", "sampling", "dedup", "voting", "verify", "seed")
 # Keys inside those that only change speed or placement, never the data.
-_NON_DATA = {"backend": ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")}
+_NON_DATA = {"backend": ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
+                         "data_parallel_size", "shard")}
 
 
 def synth_config(cfg: DictConfig) -> dict:
