@@ -104,25 +104,29 @@ def run_units(units: Sequence[Unit], params: SamplingParams, seed: int, stage: t
 
     locks: dict[int, UnitLock] = {}
     try:
-        # 1. claim every free unit (own shard first), do them: one call (per-request seeds) or one per unit
-        claimed = []
-        for u in _order(units, shard):
-            if units[u].path.exists():
-                on_done and on_done(u)
-                continue
-            lock = UnitLock(units[u].path)
-            if lock.acquire(blocking=False):
-                locks[u] = lock
-                claimed.append(u)
-        if claimed and not per_request_seeds(get_backend()):
-            for u in claimed:  # release each as soon as it is written, so a waiting process sees progress
-                do([u])
-                locks.pop(u).release()
-        else:
-            do(claimed)
-        for lock in locks.values():
-            lock.release()
-        locks.clear()
+        # 1. claim the free units of this shard, do them (one call with per-request seeds, else one per unit);
+        #    then the same for other shards' units nobody has claimed yet (a dead or slow process's share)
+        order = _order(units, shard)
+        own = set(order if shard is None else [u for u in order if u % shard[1] == shard[0]])
+        for group in ([u for u in order if u in own], [u for u in order if u not in own]):
+            claimed = []
+            for u in group:
+                if units[u].path.exists():
+                    on_done and on_done(u)
+                    continue
+                lock = UnitLock(units[u].path)
+                if lock.acquire(blocking=False):
+                    locks[u] = lock
+                    claimed.append(u)
+            if claimed and not per_request_seeds(get_backend()):
+                for u in claimed:  # release each as soon as it is written, so a waiting process sees progress
+                    do([u])
+                    locks.pop(u).release()
+            else:
+                do(claimed)
+            for lock in locks.values():
+                lock.release()
+            locks.clear()
         # 2. units held by others: wait for each (blocking lock; prints the holder), redo if its holder died
         for u in _order(units, shard):
             if units[u].path.exists():
