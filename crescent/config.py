@@ -205,6 +205,7 @@ RULES: dict[str, Rule] = {
     "questions.answer_prompt": template("question"),
     "questions.answer_stop": str_list(),
     "questions.calls_per_round": int_at_least(1),
+    "questions.rounds_per_pass": maybe(optional(int_at_least(1))),
     "questions.max_calls": int_at_least(1),
     "questions.clean.min_words": int_at_least(0),
     "questions.clean.max_chars": int_at_least(1),
@@ -258,13 +259,20 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
              "initializer_range": maybe(positive())},
     "hub": {},
 }
+# every backend: engine processes on this node, and this invocation's array-task shard "i/N"
+_PARALLEL_RULES = {
+    "data_parallel_size": maybe(int_at_least(1)),
+    "shard": maybe(optional(Rule("'i/N' with 0 <= i < N", lambda x: isinstance(x, str) and bool(
+        re.fullmatch(r"\d+/\d+", x)) and int(x.split("/")[0]) < int(x.split("/")[1])))),
+}
 BACKEND_RULES: dict[str, dict[str, Rule]] = {
     "hf": {"batch_size": int_at_least(1), "dtype": one_of(DTYPES), "device": optional(device()),
-           "sort_by_length": boolean()},
+           "sort_by_length": boolean(), **_PARALLEL_RULES},
     "fast": {"batch_size": int_at_least(1), "dtype": one_of(FAST_DTYPES), "kernels": one_of(KERNELS),
-             "cache_gb": positive()},
+             "cache_gb": positive(), **_PARALLEL_RULES},
     "vllm": {"tensor_parallel_size": int_at_least(1), "gpu_memory_utilization": TOP_P,
-             "max_model_len": optional(int_at_least(1)), "dtype": one_of(VLLM_DTYPES), "enforce_eager": boolean()},
+             "max_model_len": optional(int_at_least(1)), "dtype": one_of(VLLM_DTYPES), "enforce_eager": boolean(),
+             **_PARALLEL_RULES},
 }
 DEDUP_RULES: dict[str, dict[str, Rule]] = {
     "none": {},
@@ -805,7 +813,8 @@ SYNTH_CODE_VERSION = 2
 # Everything that changes the generated data; paths, logging and later stages are left out.
 SYNTH_KEYS = ("teacher", "backend", "questions", "sampling", "dedup", "voting", "verify", "seed")
 # Keys inside those that only change speed or placement, never the data.
-_NON_DATA = {"backend": ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")}
+_NON_DATA = {"backend": ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
+                         "data_parallel_size", "shard")}
 
 
 def synth_config(cfg: DictConfig) -> dict:

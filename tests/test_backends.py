@@ -63,13 +63,16 @@ def test_invalid_sampling_params_are_rejected(tiny):
             tiny.generate(PROMPTS[:1], params, seed=0)
 
 
+PARALLEL = dict(data_parallel_size=1, shard=None)  # every backend: worker processes / array-task shard
+
+
 def test_backend_config_fields():
     assert dict(OmegaConf.load(CONF / "backend" / "hf.yaml")) == dict(
-        name="hf", batch_size=32, dtype="bf16_if_fast", device="cpu", sort_by_length=True
+        name="hf", batch_size=32, dtype="bf16_if_fast", device="cpu", sort_by_length=True, **PARALLEL
     )
     assert dict(OmegaConf.load(CONF / "backend" / "vllm.yaml")) == dict(
         name="vllm", tensor_parallel_size=1, gpu_memory_utilization=0.9, max_model_len=4096, dtype="auto",
-        enforce_eager=False,
+        enforce_eager=False, **PARALLEL,
     )
 
 

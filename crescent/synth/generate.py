@@ -14,12 +14,12 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import config_hash, synth_config
-from crescent.synth.answers import answer_questions
-from crescent.synth.questions import generate_questions
+from crescent.backends.locks import UnitLock
+from crescent.synth.answers import answer_questions, sample_answers
+from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
 from crescent.synth.verified import verify_answers
 from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
@@ -53,6 +53,12 @@ class _Lazy:
             from crescent.synth.embed import get_embedder
             self._embed = get_embedder(batch_size=int(self.cfg.dedup.batch_size)).encode
         return self._embed
+
+    def close(self) -> None:
+        """Shut the generation engine down (vLLM gives its GPU memory back) before the next stage."""
+        backend, self._backend = self._backend, None
+        if backend is not None and callable(getattr(backend, "close", None)):
+            backend.close()
 
 
 def _versions() -> dict[str, str | None]:
@@ -115,7 +121,8 @@ def _manifest(cfg: DictConfig, records: list[dict], questions: list[dict], answe
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "teacher": cfg.teacher.name,
         "counts": {
-            "bait_rounds": len(records),
+            "bait_rounds": sum(len(r.get("rounds", [r["round"]])) for r in records),
+            "bait_passes": len(records),
             "bait_calls": sum(r["calls"] for r in records),
             "raw": sum(len(r["raw"]) for r in records),
             "rejected": dict(sorted(rejected.items())),
@@ -131,45 +138,111 @@ def _manifest(cfg: DictConfig, records: list[dict], questions: list[dict], answe
     }
 
 
-def _generate_into(cfg: DictConfig, workdir: Path) -> dict:
+def _cfg_payload(cfg: DictConfig) -> str:
+    """The config for a worker process (YAML; resolved where it resolves outside the Hydra app)."""
+    return OmegaConf.to_yaml(OmegaConf.create(_resolved(cfg)))
+
+
+def worker_stage(cfg_yaml: str, workdir: str, stage: str, args: list, shard: tuple[int, int]) -> None:
+    """One data-parallel worker (crescent.backends.workers): its share of a stage's units, then its engine closed."""
+    cfg = OmegaConf.create(cfg_yaml)
     lazy = _Lazy(cfg)
-    questions, records = generate_questions(cfg, workdir, lazy.backend, lazy.embed)
+    try:
+        if stage == "bait":
+            sample_raw_rounds(cfg, Path(workdir), args, lazy.backend, shard)
+        elif stage == "answers":
+            sample_answers(cfg, Path(workdir), args, lazy.backend, shard)
+        else:
+            raise ValueError(f"unknown worker stage {stage!r}")
+    finally:
+        lazy.close()
+
+
+def _in_workers(cfg: DictConfig, workdir: Path, stage: str, args: list, done: list[Path], d: int,
+                shard: tuple[int, int] | None) -> None:
+    """Run a stage's missing units in d worker processes (shard i/N of an array job: worker j takes i + N*j of N*d)."""
+    if all(p.exists() for p in done):
+        return
+    from crescent.backends.workers import run_workers, worker_devices
+
+    i, n = shard or (0, 1)
+    payload = _cfg_payload(cfg)
+    log.info("%s: %d worker processes (backend.data_parallel_size=%d)", stage, d, d)
+    run_workers("crescent.synth.generate:worker_stage",
+                [(payload, str(workdir), stage, args, (i + n * j, n * d)) for j in range(d)],
+                worker_devices(cfg.backend, d))
+
+
+def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int, int] | None = None) -> dict:
+    from crescent.backends.workers import data_parallel_size
+    from crescent.synth.answers import _chunks
+
+    d = data_parallel_size(cfg.backend)
+    sample_bait = sample_ans = None
+    if d > 1:
+        sample_bait = lambda rounds: _in_workers(  # noqa: E731
+            cfg, workdir, "bait", rounds, [workdir / "raw" / f"round_{r:05d}.json" for r in rounds], d, shard)
+    questions, records = generate_questions(cfg, workdir, lazy.backend, lazy.embed, shard, sample=sample_bait)
     write_jsonl(workdir / "questions.jsonl", questions)
-    answered = answer_questions(cfg, workdir, questions, lazy.backend)
+    if d > 1:
+        sample_ans = lambda: _in_workers(  # noqa: E731
+            cfg, workdir, "answers", questions,
+            [workdir / "answers" / f"chunk_{c:05d}.json" for c in range(len(_chunks(cfg, questions)))], d, shard)
+    answered = answer_questions(cfg, workdir, questions, lazy.backend, shard, sample=sample_ans)
     reflect_counts = {}
     if cfg.voting.get("reflect", False):
         from crescent.synth.reflect import reflect
 
-        answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend)
+        answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend, shard)
     write_jsonl(workdir / "answers.jsonl", answered)
-    answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend)
+    with UnitLock(workdir / "verify"):  # one process verifies; the others read its result
+        answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend)
+    lazy.close()  # generation is over: free the engine before voting / writing
     rows, vote_counts = build_sft_rows(
         answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement), seed=int(cfg.seed),
         keep=cfg.voting.get("keep", "first"), formats=list(cfg.questions.get("formats") or ["chat"]),
         exemplars=[dict(e) for e in cfg.questions.get("exemplars") or []])
-    write_jsonl(workdir / "sft.jsonl", rows)
-    write_jsonl(workdir / "rejections.jsonl", [r for rec in records for r in rec["rejections"]] + verify_rejections)
-    t_q = sum(r["seconds"] for r in records)
-    t_a = sum(read_json(p)["seconds"] for p in sorted((workdir / "answers").glob("chunk_*.json")))
-    manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts, **verify_counts}, t_q, t_a)
-    write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
+    with UnitLock(workdir / "manifest.json"):
+        if (workdir / "manifest.json").exists():  # another shard finished first: identical rows, keep its files
+            return read_json(workdir / "manifest.json")
+        write_jsonl(workdir / "sft.jsonl", rows)
+        write_jsonl(workdir / "rejections.jsonl",
+                    [r for rec in records for r in rec["rejections"]] + verify_rejections)
+        t_q = sum(r["seconds"] for r in records)
+        t_a = sum(read_json(p)["seconds"] for p in sorted((workdir / "answers").glob("chunk_*.json")))
+        manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts, **verify_counts},
+                             t_q, t_a)
+        write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
     return manifest
 
 
 def run(cfg: DictConfig) -> dict:
-    """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. Returns the manifest."""
+    """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. Returns the manifest.
+
+    No lock is held for the whole stage: each unit of work has its own (crescent.backends.locks), so jobs sharing
+    the config hash (a sweep, array tasks with backend.shard=i/N, backend.data_parallel_size workers) split the
+    units, and every one of them ends with the same files. The generation engine is shut down before returning,
+    so a stage after this one in the same process (train) gets the GPU memory."""
+    from crescent.backends.units import parse_shard
+    from crescent.backends.workers import data_parallel_size
+
     t0 = time.perf_counter()
+    shard = parse_shard(cfg.backend.get("shard"))
+    data_parallel_size(cfg.backend)  # a bad value fails before any work
     workdir = synth_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(workdir) + ".lock"):
-        if (workdir / "manifest.json").exists():
-            log.info("reusing synthetic data from %s", workdir)
-            manifest = read_json(workdir / "manifest.json")
-            manifest["cache_hit"] = True
-        else:
-            write_json(workdir / "config.json", synth_config(cfg))
-            manifest = _generate_into(cfg, workdir)
-            manifest["cache_hit"] = False
+    if (workdir / "manifest.json").exists():
+        log.info("reusing synthetic data from %s", workdir)
+        manifest = read_json(workdir / "manifest.json")
+        manifest["cache_hit"] = True
+    else:
+        write_json(workdir / "config.json", synth_config(cfg))
+        lazy = _Lazy(cfg)
+        try:
+            manifest = _generate_into(cfg, workdir, lazy, shard)
+        finally:
+            lazy.close()
+        manifest["cache_hit"] = False
     out = Path(cfg.paths.output_dir) / "synth"
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:

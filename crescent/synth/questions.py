@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crescent.backends.base import Backend, SamplingParams
+from crescent.backends.locks import UnitLock
+from crescent.backends.units import Unit, generate_batched, run_units
 from crescent.synth.clean import clean_question
 from crescent.synth.prompts import fill, user_chat
 from crescent.utils.io import read_json, write_json
@@ -36,29 +38,100 @@ def _cleaner(cfg: DictConfig) -> Callable[[str], tuple[str | None, str | None]]:
     return clean
 
 
-def _rewriter(cfg: DictConfig, backend: Backend, round_idx: int):
+def _rewriter(cfg: DictConfig, get_backend: Callable[[], Backend], pass_idx: int):
     params = decoding(cfg.sampling.rewrite, n=1)
 
     def rewrite(pairs: list[tuple[str, str]], attempt: int) -> list[str]:
+        """All duplicates of a pass, rewritten in ONE engine call per attempt."""
         prompts = [user_chat(fill(cfg.dedup.rewrite_prompt, question=q, neighbour=nb)) for q, nb in pairs]
-        outs = backend.generate(prompts, params, seed=derive_seed(cfg.seed, "rewrite", round_idx, attempt))
+        seed = derive_seed(cfg.seed, "rewrite", pass_idx, attempt)
+        outs = generate_batched(get_backend(), [prompts], params, [seed], [0], int(cfg.seed),
+                                ("rewrite", pass_idx, attempt))[0]
         return [o[0] for o in outs]
 
     return rewrite
 
 
-def run_round(cfg: DictConfig, backend: Backend, embed, index, round_idx: int, n_calls: int) -> dict:
-    """One round of bait calls; returns a JSON-able record (raw, clean rejections, dedup outcome)."""
-    from crescent.synth.dedup import dedup_with_rewrites
+def rounds_per_pass(cfg: DictConfig, n_rounds: int) -> int:
+    """questions.rounds_per_pass: bait rounds sampled together and then deduplicated together (null: all)."""
+    r = cfg.questions.get("rounds_per_pass", 1)
+    if r is None:
+        return max(n_rounds, 1)
+    if int(r) < 1:
+        raise ValueError(f"questions.rounds_per_pass={r!r}; allowed: an integer >= 1, or null (all rounds in one pass)")
+    return int(r)
 
+
+def engine_call_bound(cfg: DictConfig) -> dict:
+    """Upper bound on engine (generate/chat) calls of the generate stage with a per-request-seed backend (vLLM),
+    for one process holding every unit:
+
+        bait      <= P * (1 + dedup.max_attempts)   P = ceil(ceil(max_calls / calls_per_round) / rounds_per_pass)
+        answers   <= 1                                (all questions x k in one call)
+        reflect   <= 1                                (voting.reflect)
+        verify    <= the verifier's sequential steps  (cot_*: 1; tournament: ceil(log2 k) rounds; all_of: the sum)
+
+    It grows with the number of passes P, never with the number of questions (hf/fast make one call per unit
+    instead: their rows are seeded per unit)."""
+    n_rounds = math.ceil(int(cfg.questions.max_calls) / int(cfg.questions.calls_per_round))
+    source = cfg.questions.get("source", "bait")
+    passes = 0 if source == "dataset" else math.ceil(n_rounds / rounds_per_pass(cfg, n_rounds))
+    attempts = int(cfg.dedup.get("max_attempts", 0)) if cfg.dedup.name != "none" else 0
+    k = int(cfg.voting.k)
+
+    def verify_steps(v) -> int:
+        name = v.get("name", "none") if v is not None else "none"
+        if name in ("cot_binary", "cot_score"):
+            return 1
+        if name == "tournament":
+            return math.ceil(math.log2(k)) if k > 1 else 0
+        if name == "all_of":
+            return sum(verify_steps(m) for m in (v.get("verifiers") or {}).values())
+        return 0  # none, mc (log-likelihoods: no generate call)
+
+    out = {"passes": passes, "bait": passes * (1 + attempts), "answers": 1,
+           "reflect": 1 if cfg.voting.get("reflect", False) else 0, "verify": verify_steps(cfg.get("verify"))}
+    out["total"] = out["bait"] + out["answers"] + out["reflect"] + out["verify"]
+    return out
+
+
+def _raw_path(workdir: Path, r: int) -> Path:
+    return workdir / "raw" / f"round_{r:05d}.json"
+
+
+def sample_raw_rounds(cfg: DictConfig, workdir: Path, rounds: list[int], get_backend: Callable[[], Backend],
+                      shard: tuple[int, int] | None = None) -> None:
+    """The raw bait samples of `rounds` (independent units: any process, any order, any split)."""
     from crescent.synth.sources import round_prompts
 
-    t0 = time.perf_counter()
+    per_round, max_calls = int(cfg.questions.calls_per_round), int(cfg.questions.max_calls)
+    mult = len(cfg.questions.augment_prompts) if cfg.questions.get("source", "bait") == "seed_augment" else 1
     params = decoding(cfg.sampling.question)
-    prompts, meta = round_prompts(cfg, round_idx, n_calls)
-    outs = backend.generate(prompts, params, seed=derive_seed(cfg.seed, "bait", round_idx))
-    raw = [{"id": f"q{round_idx:05d}-{c:03d}-{s:03d}", "text": t, **meta[c]}
-           for c, samples in enumerate(outs) for s, t in enumerate(samples)]
+    (workdir / "raw").mkdir(parents=True, exist_ok=True)
+    units, metas = [], []
+    for r in rounds:
+        n_calls = min(per_round, max_calls - r * per_round)
+        prompts, meta = round_prompts(cfg, r, n_calls)
+        units.append(Unit(_raw_path(workdir, r), prompts, derive_seed(cfg.seed, "bait", r), r * per_round * mult))
+        metas.append((r, n_calls, meta))
+
+    def record(u: int, outs: list, seconds: float) -> dict:
+        r, n_calls, meta = metas[u]
+        raw = [{"id": f"q{r:05d}-{c:03d}-{s:03d}", "text": t, **meta[c]}
+               for c, samples in enumerate(outs) for s, t in enumerate(samples)]
+        return {"round": r, "calls": n_calls, "raw": raw, "seconds": seconds}
+
+    run_units(units, params, int(cfg.seed), ("bait",), get_backend, record, shard)
+
+
+def dedup_pass(cfg: DictConfig, workdir: Path, pass_idx: int, rounds: list[int], get_backend, embed, index) -> dict:
+    """Clean + dedup (rewrites of all duplicates of the pass in one call per attempt) over the pass's raw rounds,
+    in round order: accept-in-order against everything accepted before. Returns (record, embeddings)."""
+    from crescent.synth.dedup import dedup_with_rewrites
+
+    t0 = time.perf_counter()
+    raws = [read_json(_raw_path(workdir, r)) for r in rounds]
+    raw = [row for rr in raws for row in rr["raw"]]
     clean = _cleaner(cfg)
     ids, texts, rejected = [], [], []
     for r in raw:
@@ -68,12 +141,13 @@ def run_round(cfg: DictConfig, backend: Backend, embed, index, round_idx: int, n
         else:
             ids.append(r["id"])
             texts.append(question)
-    record = {"round": round_idx, "calls": n_calls, "raw": raw, "rejections": rejected, "rewrites": 0}
+    record = {"round": pass_idx, "rounds": list(rounds), "calls": sum(rr["calls"] for rr in raws), "raw": raw,
+              "rejections": rejected, "rewrites": 0}
     if cfg.dedup.name == "none":
         record["accepted"] = [{"id": i, "text": t, "origin_id": i, "attempt": 0} for i, t in zip(ids, texts)]
         embeddings = None
     else:
-        out = dedup_with_rewrites(ids, texts, index, embed, _rewriter(cfg, backend, round_idx),
+        out = dedup_with_rewrites(ids, texts, index, embed, _rewriter(cfg, get_backend, pass_idx),
                                   threshold=float(cfg.dedup.threshold), max_attempts=int(cfg.dedup.max_attempts),
                                   clean=clean)
         record["accepted"] = [{"id": a.id, "text": a.text, "origin_id": a.origin_id, "attempt": a.attempt}
@@ -81,7 +155,7 @@ def run_round(cfg: DictConfig, backend: Backend, embed, index, round_idx: int, n
         record["rejections"] += [_rejection_row(r) for r in out.rejections]
         record["rewrites"] = out.rewrites
         embeddings = out.embeddings
-    record["seconds"] = round(time.perf_counter() - t0, 3)
+    record["seconds"] = round(time.perf_counter() - t0 + sum(rr["seconds"] for rr in raws), 3)
     return record, embeddings
 
 
@@ -107,11 +181,15 @@ def _save_round(workdir: Path, record: dict, embeddings: np.ndarray | None) -> N
 
 
 def generate_questions(cfg: DictConfig, workdir: Path, get_backend: Callable[[], Backend],
-                       get_embed: Callable[[], Callable]) -> tuple[list[dict], list[dict]]:
-    """Run bait rounds until num_questions are accepted or the call budget is spent.
+                       get_embed: Callable[[], Callable], shard: tuple[int, int] | None = None,
+                       sample: Callable | None = None) -> tuple[list[dict], list[dict]]:
+    """Bait passes until num_questions are accepted or the call budget is spent.
 
-    Completed rounds are replayed from disk (resume); the accepted list is truncated to num_questions.
-    Returns (accepted questions in order, round records). questions.source=dataset reads them instead.
+    A pass = questions.rounds_per_pass bait rounds: their raw samples are independent units (sampled in one engine
+    call on vLLM, by D worker processes or shards on CPU: `sample(rounds)`), then cleaned and deduplicated in
+    round order with rewrites (one call per attempt for the whole pass), by one process under the pass's lock.
+    Finished passes are replayed from disk (resume); the accepted list is truncated to num_questions.
+    Returns (accepted questions in order, pass records). questions.source=dataset reads them instead.
     """
     from crescent.synth.dedup import DedupIndex
 
@@ -123,27 +201,34 @@ def generate_questions(cfg: DictConfig, workdir: Path, get_backend: Callable[[],
     per_round = int(cfg.questions.calls_per_round)
     max_calls = int(cfg.questions.max_calls)
     n_rounds = math.ceil(max_calls / per_round)
+    per_pass = rounds_per_pass(cfg, n_rounds)
+    n_passes = math.ceil(n_rounds / per_pass)
+    sample = sample or (lambda rounds: sample_raw_rounds(cfg, workdir, rounds, get_backend, shard))
     index = None
     if cfg.dedup.name != "none":
         index = DedupIndex(384, backend=cfg.dedup.index, exact_max=int(cfg.dedup.exact_max))
     accepted: list[dict] = []
     records: list[dict] = []
-    bar = tqdm(total=target or n_rounds, desc="questions" if target else "bait rounds", unit="q" if target else "round")
-    for i in range(n_rounds):
+    bar = tqdm(total=target or n_passes, desc="questions" if target else "bait passes", unit="q" if target else "pass")
+    for p in range(n_passes):
         if target and len(accepted) >= target:
             break
-        json_path, npy_path = _round_paths(workdir, i)
-        if json_path.exists():
+        json_path, npy_path = _round_paths(workdir, p)
+        added = False
+        if not json_path.exists():
+            sample(list(range(p * per_pass, min((p + 1) * per_pass, n_rounds))))
+            with UnitLock(json_path):  # one process dedups a pass; the others then read its record
+                if not json_path.exists():
+                    rounds = list(range(p * per_pass, min((p + 1) * per_pass, n_rounds)))
+                    record, embeddings = dedup_pass(cfg, workdir, p, rounds, get_backend,
+                                                    get_embed() if index is not None else None, index)
+                    _save_round(workdir, record, embeddings)
+                    added = True  # already in the index
+        if not added:
             record = read_json(json_path)
             embeddings = np.load(npy_path) if index is not None and record["accepted"] else None
-        else:
-            n_calls = min(per_round, max_calls - i * per_round)
-            record, embeddings = run_round(cfg, get_backend(), get_embed() if index is not None else None,
-                                           index, i, n_calls)
-            _save_round(workdir, record, embeddings)
-            embeddings = None  # already in the index
-        if embeddings is not None and len(embeddings):
-            index.add(embeddings, [a["id"] for a in record["accepted"]], [a["text"] for a in record["accepted"]])
+            if embeddings is not None and len(embeddings):
+                index.add(embeddings, [a["id"] for a in record["accepted"]], [a["text"] for a in record["accepted"]])
         records.append(record)
         accepted += record["accepted"]
         bar.update(min(len(record["accepted"]), max(0, target - bar.n)) if target else 1)

@@ -3,19 +3,18 @@ response and may revise it. Outcomes are counted: confirmed, revised, invalid (n
 the original is kept)."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from crescent.backends.base import Backend
+from crescent.backends.units import Unit, run_units
 from crescent.synth.prompts import fill, user_chat
 from crescent.synth.questions import decoding
 from crescent.synth.voting import answers_equal, extract_answer, majority_vote
-from crescent.utils.io import read_json, write_json
+from crescent.utils.io import read_json
 from crescent.utils.seeding import derive_seed
 
 
@@ -25,17 +24,8 @@ def outcome(majority: str, reflected: str | None) -> str:
     return "confirmed" if answers_equal(reflected, majority) else "revised"
 
 
-def _chunk(cfg: DictConfig, backend: Backend, items: list[dict], chunk_idx: int) -> dict:
-    t0 = time.perf_counter()
-    params = decoding(cfg.sampling.answer, n=1)
-    prompts = [user_chat(fill(cfg.voting.reflect_prompt, question=i["question"], response=i["response"])) for i in items]
-    outs = backend.generate(prompts, params, seed=derive_seed(cfg.seed, "reflect", chunk_idx))
-    rows = [{"id": i["id"], "text": o[0], "answer": extract_answer(o[0]), "majority": i["majority"]}
-            for i, o in zip(items, outs)]
-    return {"chunk": chunk_idx, "rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def reflect(cfg: DictConfig, workdir: Path, answered: list[dict], get_backend: Callable[[], Backend]) -> tuple[list[dict], dict]:
+def reflect(cfg: DictConfig, workdir: Path, answered: list[dict], get_backend: Callable[[], Backend],
+            shard: tuple[int, int] | None = None) -> tuple[list[dict], dict]:
     """Adds item["reflection"] = {text, answer, outcome} to every question with a majority; resumable chunks."""
     todo = []
     for item in answered:
@@ -46,14 +36,22 @@ def reflect(cfg: DictConfig, workdir: Path, answered: list[dict], get_backend: C
                          "majority": vote.answer})
     size = int(cfg.sampling.answer_chunk)
     (workdir / "reflect").mkdir(parents=True, exist_ok=True)
+    params = decoding(cfg.sampling.answer, n=1)
+    chunks = [todo[lo:lo + size] for lo in range(0, len(todo), size)]
+    units = [Unit(workdir / "reflect" / f"chunk_{c:05d}.json",
+                  [user_chat(fill(cfg.voting.reflect_prompt, question=i["question"], response=i["response"]))
+                   for i in items], derive_seed(cfg.seed, "reflect", c), c * size) for c, items in enumerate(chunks)]
+
+    def record(c: int, outs: list, seconds: float) -> dict:
+        rows = [{"id": i["id"], "text": o[0], "answer": extract_answer(o[0]), "majority": i["majority"]}
+                for i, o in zip(chunks[c], outs)]
+        return {"chunk": c, "rows": rows, "seconds": seconds}
+
+    # one engine call for the whole stage on vLLM (a seed per request), one per chunk on hf/fast
+    run_units(units, params, int(cfg.seed), ("reflect",), get_backend, record, shard)
     by_id, counts = {}, Counter()
-    for c, lo in enumerate(tqdm(range(0, len(todo), size), desc="reflection", unit="chunk")):
-        path = workdir / "reflect" / f"chunk_{c:05d}.json"
-        record = read_json(path) if path.exists() else None
-        if record is None:
-            record = _chunk(cfg, get_backend(), todo[lo:lo + size], c)
-            write_json(path, record)
-        for r in record["rows"]:
+    for unit in units:
+        for r in read_json(unit.path)["rows"]:
             r["outcome"] = outcome(r["majority"], r["answer"])
             counts[f"reflect_{r['outcome']}"] += 1
             by_id[r["id"]] = r

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from crescent.backends.base import Prompt, SamplingParams
-from crescent.utils.seeding import derive_seed
+from crescent.utils.seeding import derive_seed, request_seeds
 from crescent.verify.parse import parse_binary, parse_choice, parse_score
 
 
@@ -77,10 +77,16 @@ def _unflatten(flat: list, items: Sequence[Mapping]) -> list[list]:
 
 
 def _generate(judge, prompts: list[Prompt], vcfg: Mapping[str, Any], seed: int, desc: str, bar=None) -> list[str]:
-    """One greedy/sampled judgement per prompt, in chunks of vcfg.chunk (progress on `bar`, or a new one)."""
+    """One greedy/sampled judgement per prompt: in ONE call with a seed per prompt where the judge's backend takes
+    per-request seeds (vLLM: prompt i gets its own stream, crescent.utils.seeding.request_seeds), else in chunks of
+    vcfg.chunk, each seeded by its chunk index (progress on `bar`, or a new one)."""
     params, size = _params(vcfg), int(vcfg.get("chunk") or 64)
     texts: list[str] = []
     with (tqdm(total=len(prompts), desc=desc, unit="judgement") if bar is None else nullcontext(bar)) as bar:
+        if prompts and getattr(getattr(judge, "backend", judge), "per_request_seeds", False):
+            outs = judge.generate(prompts, params, request_seeds(seed, (desc,), 0, len(prompts), 1))
+            bar.update(len(outs))
+            return [o[0] for o in outs]
         for c, lo in enumerate(range(0, len(prompts), size)):
             outs = judge.generate(prompts[lo: lo + size], params, derive_seed(seed, desc, c))
             texts += [o[0] for o in outs]
