@@ -412,6 +412,14 @@ BENCHMARK_RULES: dict[str, Rule] = {
     "regex": maybe(Rule("null or a regular expression with a group", _regex_ok)),
     "until": maybe(str_list()),
     "metrics": maybe(list_of(MC_METRICS)),
+    # generation scores: exact_match (lm-eval's) and/or math_equal, or what `process_results` returns
+    "metric": maybe(Rule("a metric name or a non-empty list of them (exact_match, math_equal)",
+                         lambda x: isinstance(x, str) and bool(x) or (isinstance(x, list) and bool(x)
+                                                                      and all(isinstance(m, str) and m for m in x)))),
+    "process_results": maybe(optional(Rule("a 'py:module.function' reference", lambda x: isinstance(x, str)
+                                                                                      and x.startswith("py:")))),
+    "exact_match": maybe(Rule("a mapping of lm-eval exact_match options", lambda x: isinstance(x, dict))),
+    "fewshot_target": maybe(optional(nonempty_str())),  # the exemplars' answer template (CoT), gold unchanged
     "num_fewshot": maybe(Rule("null, an integer >= 0 or a list of them", lambda x: x is None or _shots_ok(x))),
     "fewshot_sampler": maybe(one_of(FEWSHOT_SAMPLERS)),
     "version": maybe(float_at_least(0.0)),
@@ -473,6 +481,12 @@ def benchmark_errors(spec: Any, key: str) -> list[str]:
                           f"{list(FILTERS)}")
         if "custom-regex" in filters and not spec.get("regex"):
             errors.append(f"  {key}.regex: missing (filter custom-regex needs a regex whose first group is the answer)")
+    metric = spec.get("metric")
+    if spec.get("kind") == "generate" and not spec.get("process_results") and metric is not None:
+        bad = [m for m in ([metric] if isinstance(metric, str) else metric if isinstance(metric, list) else [])
+               if m not in ("exact_match", "math_equal")]
+        if bad:
+            errors.append(f"  {key}.metric={metric!r} is invalid: {bad} unknown; expected exact_match and/or math_equal")
     if spec.get("kind") == "multiple_choice" and spec.get("choices") is None:
         errors.append(f"  {key}.choices: missing (a multiple-choice benchmark needs its choices)")
     for field, value in spec.items():
