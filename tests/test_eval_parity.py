@@ -21,12 +21,39 @@ PAIRS = [
     ("truthfulqa_mc1", "truthfulqa/truthfulqa_mc1.yaml", [0], 6),
     ("truthfulqa_mc2", "truthfulqa/truthfulqa_mc2.yaml", [0], 6),
     ("mmlu", "mmlu/default/mmlu_abstract_algebra.yaml", [0, 5], 1),  # our doc 0 is abstract_algebra's doc 0
+    # LMSI / Mind the Gap benchmarks lm-eval ships (few-shot where both draw from the same pool)
+    ("anli_r1", "anli/anli_r1.yaml", [0, 3], 6),  # exemplars: dev on both sides (lm-eval's train_r1 = our pool)
+    ("anli_r2", "anli/anli_r2.yaml", [0, 3], 6),
+    ("anli_r3", "anli/anli_r3.yaml", [0, 3], 6),
+    ("rte", "super_glue/rte/default.yaml", [0], 6),
+    ("rte", "glue/rte/default.yaml", [0], 6),
+    ("openbookqa", "openbookqa/openbookqa.yaml", [0], 6),
+    ("nq_open", "nq_open/nq_open.yaml", [0, 4], 6),
+    ("mnli", "glue/mnli/default.yaml", [0], 3),  # hand-written GLUE tsv (tests/test_eval_benchmarks.py)
+    ("mnli_mismatch", "glue/mnli/mismatch.yaml", [0], 3),
+    ("drop", "drop/default.yaml", [0, 1], 2),  # hand-written drop_dataset_dev.json
 ]
+USER_FILES = {"mnli": "dev_matched.tsv", "mnli_mismatch": "dev_mismatched.tsv", "drop": "drop_dataset_dev.json"}
+
+
+@pytest.fixture
+def make_cfg(make_cfg, tmp_path):
+    """make_cfg that points the MNLI/DROP benchmarks at hand-written canonical files."""
+    from test_eval_benchmarks import DROP_JSON, MNLI_TSV
+
+    (tmp_path / "dev_matched.tsv").write_text(MNLI_TSV)
+    (tmp_path / "dev_mismatched.tsv").write_text(MNLI_TSV)
+    (tmp_path / "drop_dataset_dev.json").write_text(__import__("json").dumps(DROP_JSON))
+    return make_cfg
 
 
 def ours(make_cfg, name: str, max_gen_toks: int = 256) -> dict:
-    cfg = make_cfg("eval=all", "+eval/benchmark@eval.benchmarks.arc_easy=arc_easy")  # arc_easy: in no preset
+    extra = [] if name in ("gsm8k", "arc_challenge", "piqa", "hellaswag", "winogrande", "truthfulqa_mc1",
+                           "truthfulqa_mc2", "mmlu") else [f"+eval/benchmark@eval.benchmarks.{name}={name}"]
+    cfg = make_cfg("eval=all", *extra)
     spec = OmegaConf.to_container(cfg.eval.benchmarks[name], resolve=True)
+    if name in USER_FILES:
+        spec.setdefault("loader_options", {})["path"] = str(Path(cfg.paths.output_dir).parent / USER_FILES[name])
     return build_task(name, spec, max_gen_toks=max_gen_toks)
 
 
@@ -36,8 +63,11 @@ def reference(name: str, yaml_path: str, spec: dict) -> dict:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     cfg = load_yaml(LM_EVAL_TASKS / yaml_path)
+    if yaml_path.endswith("mismatch.yaml"):  # include: default.yaml
+        cfg = {**load_yaml(LM_EVAL_TASKS / "glue/mnli/default.yaml"), **{k: v for k, v in cfg.items() if k != "include"}}
     for key in ("dataset_path", "dataset_name", "dataset_kwargs", "tag", "process_docs"):
-        cfg.pop(key, None)  # process_docs: hellaswag's builds query/choices, which the shipped form already has
+        if not (key == "process_docs" and name == "drop"):  # drop's builds the gold answers from the raw form
+            cfg.pop(key, None)  # process_docs: hellaswag's builds query/choices, which the shipped form already has
     docs = load_docs(spec)
     test = datasets.Dataset.from_list(docs["test"])
     splits = {cfg.get("test_split") or cfg.get("validation_split"): test}
@@ -60,7 +90,7 @@ def requests(task_cfg: dict, shots: int, limit: int) -> list:
                    else i.arguments[1]["until"]) for i in task.instances)
 
 
-@pytest.mark.parametrize("name,yaml_path,shots,limit", PAIRS, ids=[p[0] for p in PAIRS])
+@pytest.mark.parametrize("name,yaml_path,shots,limit", PAIRS, ids=[p[1].split(".")[0] for p in PAIRS])
 def test_requests_equal_lm_evals_own_task(make_cfg, name, yaml_path, shots, limit):
     mine = ours(make_cfg, name)
     ref = reference(name, yaml_path, mine["custom_dataset"].args[0])

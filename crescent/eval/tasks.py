@@ -87,7 +87,8 @@ def resolve_py(value: Any) -> Any:
 
 def _dataset(spec: Mapping[str, Any], base_dir: str, **_lm_eval_kwargs) -> Any:
     """lm-eval `custom_dataset`: the benchmark's docs as a DatasetDict: test, and train = the few-shot
-    pool (the test docs themselves when there is none: lm-eval's sampler never shows a doc its own answer)."""
+    pool (the test docs themselves when there is none; build_task then sets fewshot_split=test, so that
+    lm-eval's sampler never shows a doc its own answer)."""
     import datasets
 
     docs = load_docs(spec, base_dir)
@@ -146,6 +147,9 @@ def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_di
                          for m in spec.get("metrics") or ["acc"]],
         )
     task.update(resolve_py(dict(spec.get("lm_eval") or {})))
+    if not load_docs(spec, base_dir)["fewshot"]:
+        # exemplars come from the test docs: name that split so lm-eval's sampler leaves out the doc itself
+        task["fewshot_split"] = "test"
     if (task.get("fewshot_config") or {}).get("samples"):  # fixed exemplars (MATH's Minerva four): no split
         task.pop("fewshot_split", None)
         task.pop("training_split", None)
