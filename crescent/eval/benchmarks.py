@@ -401,6 +401,8 @@ def load_docs(spec: Mapping[str, Any], base_dir: str | Path = ".") -> Docs:
     field = spec.get("answer_field")
     if field:  # gold numbers compare by value: 51.0 / "51.0" -> "51" (lists: each element)
         test, fewshot = ([_canonical_gold(r, field) for r in rows] for rows in (test, fewshot))
+        if any(isinstance(r.get(field), list) for r in test):  # some rows list several golds: all rows do
+            test = [{**r, field: r[field] if isinstance(r.get(field), list) else [r.get(field)]} for r in test]
     return {"test": test, "fewshot": fewshot}
 
 
