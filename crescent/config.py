@@ -449,7 +449,25 @@ def _loader_option_errors(loader: Callable, options: dict, key: str) -> list[str
                           f"(one of {list(params)})")
         elif p.default not in (p.empty, None) and type(value) is not type(p.default):
             errors.append(f"  {key}.{name}={value!r} is invalid: expected a {type(p.default).__name__}")
+        elif (loader.__name__, name) in LOADER_CHOICES and value not in LOADER_CHOICES[(loader.__name__, name)]:
+            errors.append(f"  {key}.{name}={value!r} is invalid: expected one of "
+                          f"{list(LOADER_CHOICES[(loader.__name__, name)])}")
+        elif p.default is None and value is not None and not _str(value):
+            errors.append(f"  {key}.{name}={value!r} is invalid: expected null or a file path")
+        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            errors.append(f"  {key}.{name}={value!r} is invalid: expected an integer >= 0")
     return errors
+
+
+# shipped loaders' options with a fixed set of values (crescent/eval/benchmarks.py)
+LOADER_CHOICES = {("math", "subset"): ("full", "math500"), ("strategyqa", "source"): ("bigbench", "dev"),
+                  ("anli", "round"): (1, 2, 3), ("mnli", "split"): ("matched", "mismatched")}
+EXACT_MATCH_RULES: dict[str, Rule] = {  # lm-eval exact_match options a benchmark may set
+    "ignore_case": maybe(boolean()),
+    "ignore_punctuation": maybe(boolean()),
+    "ignore_numbers": maybe(boolean()),
+    "regexes_to_ignore": maybe(str_list()),
+}
 
 
 def benchmark_errors(spec: Any, key: str) -> list[str]:
@@ -481,6 +499,8 @@ def benchmark_errors(spec: Any, key: str) -> list[str]:
                           f"{list(FILTERS)}")
         if "custom-regex" in filters and not spec.get("regex"):
             errors.append(f"  {key}.regex: missing (filter custom-regex needs a regex whose first group is the answer)")
+    if isinstance(spec.get("exact_match"), dict):
+        errors += section_errors(spec["exact_match"], EXACT_MATCH_RULES, f"{key}.exact_match")
     metric = spec.get("metric")
     if spec.get("kind") == "generate" and not spec.get("process_results") and metric is not None:
         bad = [m for m in ([metric] if isinstance(metric, str) else metric if isinstance(metric, list) else [])
