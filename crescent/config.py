@@ -515,6 +515,22 @@ def benchmark_errors(spec: Any, key: str) -> list[str]:
     return errors
 
 
+def _user_data_errors(spec: Any, key: str) -> list[str]:
+    """A selected benchmark whose data cannot ship (MNLI, DROP) needs the user's file before any model loads."""
+    from crescent.eval.benchmarks import DATA_DIR, USER_DATA
+
+    if not isinstance(spec, dict) or spec.get("loader") not in ("mnli", "drop"):
+        return []
+    options = spec.get("loader_options") if isinstance(spec.get("loader_options"), dict) else {}
+    name = f"mnli_{options.get('split', 'matched')}" if spec["loader"] == "mnli" else "drop"
+    path = options.get("path") or str(DATA_DIR / USER_DATA.get(name, "?"))
+    if _str(path) and Path(path).expanduser().is_file():
+        return []
+    return [f"  {key}.loader_options.path={options.get('path')!r} is invalid: {path} does not exist; this benchmark's "
+            "data cannot ship with crescent: put the canonical file there (crescent/eval/data/README.md), set "
+            f"{key}.loader_options.path, or leave {key.rsplit('.', 1)[-1]} out of eval.tasks"]
+
+
 def _eval_errors(cfg: Mapping) -> list[str]:
     """eval.tasks and callback tasks name benchmarks; each benchmark; the fast generator runs on CPU only."""
     benchmarks = get_key(cfg, "eval.benchmarks")
@@ -528,6 +544,9 @@ def _eval_errors(cfg: Mapping) -> list[str]:
                    for t in unknown]
     for name, spec in benchmarks.items():
         errors += benchmark_errors(spec, f"eval.benchmarks.{name}")
+    tasks = get_key(cfg, "eval.tasks")
+    for name in tasks if isinstance(tasks, list) and tasks else list(benchmarks):
+        errors += _user_data_errors(benchmarks.get(name), f"eval.benchmarks.{name}")
     generator, dev = get_key(cfg, "eval.generator"), get_key(cfg, "eval.device")
     if generator == "fast" and isinstance(dev, str) and dev != "cpu":
         errors.append(f"  eval.generator='fast' is invalid with eval.device={dev!r}: expected eval.device=cpu "

@@ -296,3 +296,16 @@ def test_suites_name_every_table_column(make_cfg):
         assert set(cfg.eval.benchmarks) == columns
         selected = set(cfg.eval.tasks or cfg.eval.benchmarks)
         assert columns - selected <= {"drop", "mnli_cot", "mnli_mismatch_cot"}  # the data that cannot ship
+
+
+def test_selecting_mnli_or_drop_without_its_file_is_a_config_error(make_cfg, tmp_path):
+    from crescent.config import ConfigError, validate
+
+    cfg = make_cfg("stages=[eval]", "eval=lmsi_out_of_domain", "eval.tasks=[svamp,mnli_cot]")
+    with pytest.raises(ConfigError, match=r"eval.benchmarks.mnli_cot.loader_options.path=None is invalid: "
+                                          r".*glue/MNLI/dev_matched.tsv does not exist"):
+        validate(cfg)
+    (tmp_path / "dev.tsv").write_text(MNLI_TSV)
+    validate(make_cfg("stages=[eval]", "eval=lmsi_out_of_domain", "eval.tasks=[svamp,mnli_cot]",
+                      f"eval.benchmarks.mnli_cot.loader_options.path={tmp_path / 'dev.tsv'}"))
+    validate(make_cfg("stages=[eval]", "eval=lmsi_in_domain"))  # drop is not selected: fine
