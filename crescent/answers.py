@@ -21,7 +21,7 @@ from crescent.synth.voting import CANONICAL, answers_equal, extract_answer, pars
 
 _PLAIN_NUMBER = re.compile(r"\s*\$?\s*-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*")
 _OUTER = " \t\n.,;:!?\"'()[]{}"
-_LATEX_HINT = re.compile(r"[\\^{}]|[a-zA-Z]")
+_MATHS = re.compile(r"[\d\\]")  # a digit or a LaTeX command
 
 
 def canonical_number(value: Any) -> Any:
@@ -79,7 +79,7 @@ def equivalent(answer: Any, gold: Any) -> bool:
         return True
     if _only_number(a) and _only_number(g):  # the whole answer is one number: compare values
         return answers_equal(a.strip().rstrip("."), g.strip().rstrip("."))
-    if _LATEX_HINT.search(a + g) or "/" in a + g:
+    if _MATHS.search(a) and _MATHS.search(g):  # maths on both sides (never words: "no" vs "on" is n*o = o*n)
         return latex_equal(a.strip().strip("."), g.strip().strip("."))
     return False
 

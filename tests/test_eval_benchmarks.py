@@ -201,7 +201,8 @@ def test_numbers_and_latex_compare_by_value():
     for a, g in [("51", 51.0), ("$51", "51"), ("51.00", "51"), ("1/2", "0.5"), ("\\frac{1}{2}", "0.5"),
                  ("\\dfrac{3}{4}", "3/4"), ("Yes", "yes"), ("(b)", "B"), ("2", "#### 2"), ("1972", ["x", "1972"])]:
         assert equivalent(a, g), (a, g)
-    for a, g in [("52", "51"), ("[invalid]", "3"), (None, "3"), ("no", "yes"), ("0.33", "1/3")]:
+    for a, g in [("52", "51"), ("[invalid]", "3"), (None, "3"), ("no", "yes"), ("0.33", "1/3"), ("on", "no"),
+                 ("ab", "ba"), ("x+1", "x+2")]:
         assert not equivalent(a, g), (a, g)
 
 
