@@ -424,6 +424,14 @@ BENCHMARK_RULES: dict[str, Rule] = {
     "regex": maybe(Rule("null or a regular expression with a group", _regex_ok)),
     "until": maybe(str_list()),
     "metrics": maybe(list_of(MC_METRICS)),
+    # generation scores: exact_match (lm-eval's) and/or math_equal, or what `process_results` returns
+    "metric": maybe(Rule("a metric name or a non-empty list of them (exact_match, math_equal)",
+                         lambda x: isinstance(x, str) and bool(x) or (isinstance(x, list) and bool(x)
+                                                                      and all(isinstance(m, str) and m for m in x)))),
+    "process_results": maybe(optional(Rule("a 'py:module.function' reference", lambda x: isinstance(x, str)
+                                                                                      and x.startswith("py:")))),
+    "exact_match": maybe(Rule("a mapping of lm-eval exact_match options", lambda x: isinstance(x, dict))),
+    "fewshot_target": maybe(optional(nonempty_str())),  # the exemplars' answer template (CoT), gold unchanged
     "num_fewshot": maybe(Rule("null, an integer >= 0 or a list of them", lambda x: x is None or _shots_ok(x))),
     "fewshot_sampler": maybe(one_of(FEWSHOT_SAMPLERS)),
     "version": maybe(float_at_least(0.0)),
@@ -453,7 +461,25 @@ def _loader_option_errors(loader: Callable, options: dict, key: str) -> list[str
                           f"(one of {list(params)})")
         elif p.default not in (p.empty, None) and type(value) is not type(p.default):
             errors.append(f"  {key}.{name}={value!r} is invalid: expected a {type(p.default).__name__}")
+        elif (loader.__name__, name) in LOADER_CHOICES and value not in LOADER_CHOICES[(loader.__name__, name)]:
+            errors.append(f"  {key}.{name}={value!r} is invalid: expected one of "
+                          f"{list(LOADER_CHOICES[(loader.__name__, name)])}")
+        elif p.default is None and value is not None and not _str(value):
+            errors.append(f"  {key}.{name}={value!r} is invalid: expected null or a file path")
+        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            errors.append(f"  {key}.{name}={value!r} is invalid: expected an integer >= 0")
     return errors
+
+
+# shipped loaders' options with a fixed set of values (crescent/eval/benchmarks.py)
+LOADER_CHOICES = {("math", "subset"): ("full", "math500"), ("strategyqa", "source"): ("bigbench", "dev"),
+                  ("anli", "round"): (1, 2, 3), ("mnli", "split"): ("matched", "mismatched")}
+EXACT_MATCH_RULES: dict[str, Rule] = {  # lm-eval exact_match options a benchmark may set
+    "ignore_case": maybe(boolean()),
+    "ignore_punctuation": maybe(boolean()),
+    "ignore_numbers": maybe(boolean()),
+    "regexes_to_ignore": maybe(str_list()),
+}
 
 
 def benchmark_errors(spec: Any, key: str) -> list[str]:
@@ -485,12 +511,36 @@ def benchmark_errors(spec: Any, key: str) -> list[str]:
                           f"{list(FILTERS)}")
         if "custom-regex" in filters and not spec.get("regex"):
             errors.append(f"  {key}.regex: missing (filter custom-regex needs a regex whose first group is the answer)")
+    if isinstance(spec.get("exact_match"), dict):
+        errors += section_errors(spec["exact_match"], EXACT_MATCH_RULES, f"{key}.exact_match")
+    metric = spec.get("metric")
+    if spec.get("kind") == "generate" and not spec.get("process_results") and metric is not None:
+        bad = [m for m in ([metric] if isinstance(metric, str) else metric if isinstance(metric, list) else [])
+               if m not in ("exact_match", "math_equal")]
+        if bad:
+            errors.append(f"  {key}.metric={metric!r} is invalid: {bad} unknown; expected exact_match and/or math_equal")
     if spec.get("kind") == "multiple_choice" and spec.get("choices") is None:
         errors.append(f"  {key}.choices: missing (a multiple-choice benchmark needs its choices)")
     for field, value in spec.items():
         errors += [f"  {key}.{field}={ref!r} is invalid: expected a py: reference under {list(ALLOWED_PY)}"
                    for ref in _py_refs(value) if not ref[3:].startswith(ALLOWED_PY)]
     return errors
+
+
+def _user_data_errors(spec: Any, key: str) -> list[str]:
+    """A selected benchmark whose data cannot ship (MNLI, DROP) needs the user's file before any model loads."""
+    from crescent.eval.benchmarks import DATA_DIR, USER_DATA
+
+    if not isinstance(spec, dict) or spec.get("loader") not in ("mnli", "drop"):
+        return []
+    options = spec.get("loader_options") if isinstance(spec.get("loader_options"), dict) else {}
+    name = f"mnli_{options.get('split', 'matched')}" if spec["loader"] == "mnli" else "drop"
+    path = options.get("path") or str(DATA_DIR / USER_DATA.get(name, "?"))
+    if _str(path) and Path(path).expanduser().is_file():
+        return []
+    return [f"  {key}.loader_options.path={options.get('path')!r} is invalid: {path} does not exist; this benchmark's "
+            "data cannot ship with crescent: put the canonical file there (crescent/eval/data/README.md), set "
+            f"{key}.loader_options.path, or leave {key.rsplit('.', 1)[-1]} out of eval.tasks"]
 
 
 def _eval_errors(cfg: Mapping) -> list[str]:
@@ -506,6 +556,9 @@ def _eval_errors(cfg: Mapping) -> list[str]:
                    for t in unknown]
     for name, spec in benchmarks.items():
         errors += benchmark_errors(spec, f"eval.benchmarks.{name}")
+    tasks = get_key(cfg, "eval.tasks")
+    for name in tasks if isinstance(tasks, list) and tasks else list(benchmarks):
+        errors += _user_data_errors(benchmarks.get(name), f"eval.benchmarks.{name}")
     generator, dev = get_key(cfg, "eval.generator"), get_key(cfg, "eval.device")
     if generator == "fast" and isinstance(dev, str) and dev != "cpu":
         errors.append(f"  eval.generator='fast' is invalid with eval.device={dev!r}: expected eval.device=cpu "

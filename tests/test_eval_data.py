@@ -9,6 +9,9 @@ COUNTS = {  # test docs, few-shot pool (see crescent/eval/data/README.md)
     "gsm8k": (1319, 7473), "asdiv": (2159, 7473), "gsm_plus_mini": (2100, 7473), "mmlu": (14042, 285),
     "arc_challenge": (1172, 1119), "arc_easy": (2376, 2251), "truthfulqa_mc": (817, 0),
     "hellaswag": (10042, 0), "winogrande": (1267, 0), "piqa": (1838, 0),
+    # LMSI / Mind the Gap (other subsets and rounds: tests/test_eval_benchmarks.py)
+    "math": (5000, 0), "svamp": (1000, 7473), "aqua": (254, 254), "strategyqa": (2290, 0), "anli": (1000, 1000),
+    "rte": (277, 0), "openbookqa": (500, 0), "nq_open": (3610, 0), "sudoku": (288, 0),
 }
 
 
@@ -23,7 +26,9 @@ def test_every_shipped_file_matches_its_checksum():
 def test_each_dataset_ships_its_licence_and_provenance():
     readme = (B.DATA_DIR / "README.md").read_text()
     assert "CC BY-NC 4.0" in readme and "non-commercial" in readme
-    for folder in ("gsm8k", "mmlu", "truthfulqa", "hellaswag"):
+    assert "ANLI" in readme and readme.count("non-commercial") >= 2
+    for folder in ("gsm8k", "mmlu", "truthfulqa", "hellaswag", "math", "svamp", "aqua", "strategyqa", "anli",
+                   "openbookqa", "nq_open"):
         assert (B.DATA_DIR / folder / "LICENSE").is_file()
     for licence_in_readme in ("asdiv/README.md", "piqa/README.md", "winogrande/winogrande_1.1/README.md"):
         assert (B.DATA_DIR / licence_in_readme).is_file()

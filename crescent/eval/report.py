@@ -8,8 +8,11 @@ MODEL_ORDER = ("base", "trained")
 
 
 def score_name(row: dict) -> str:
-    """'strict-match' for a filtered generation score, the metric ('acc', 'acc_norm') otherwise."""
-    return row["metric"] if row["filter"] == "none" else row["filter"]
+    """'strict-match' for a filtered generation score (exact_match), 'strict-match/math_equal' for its other
+    metrics, the metric ('acc', 'acc_norm', 'solved') when nothing was filtered."""
+    if row["filter"] == "none":
+        return row["metric"]
+    return row["filter"] if row["metric"] == "exact_match" else f"{row['filter']}/{row['metric']}"
 
 
 def task_label(row: dict, several_shots: bool) -> str:

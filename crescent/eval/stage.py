@@ -94,12 +94,13 @@ def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cach
 
 
 def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, base_dir: str) -> tuple[dict, dict]:
-    from crescent.eval import harness
+    from crescent.eval import harness, scoring
     from crescent.eval.tasks import build_task
 
     ec = cfg.eval
     tasks = [build_task(n, spec, max_gen_toks=int(ec.max_gen_toks), base_dir=base_dir) for n, spec in benchmarks.items()]
     raw = harness.evaluate(lm, tasks, shots, OmegaConf.to_container(ec, resolve=True), ec.limit)
+    scoring.warn_exact_misses(raw)  # exact match 0 but answers equal the gold in value: say why
     return raw, {n: harness.sample_rows(raw, n, tag, shots) for n in benchmarks}
 
 

@@ -1,12 +1,16 @@
 """lm-eval task configs (dicts) built from `eval.benchmarks.<name>` config entries.
 
 Generation tasks get lm-eval's gsm8k semantics: the prompt template, greedy decoding until the stop
-strings, named answer filters (regex → take_first, reported side by side) and exact_match with
-gsm8k's normalisation. Multiple-choice tasks are scored by log-likelihood (acc, acc_norm).
+strings, named answer filters (regex → take_first, reported side by side) and the benchmark's `metric`
+list: exact_match (lm-eval's, gsm8k's normalisation unless the benchmark's `exact_match` overrides it)
+and/or math_equal (crescent.eval.scoring: the answer means the gold). A benchmark with its own
+`process_results` (MATH, Sudoku) reports the metrics that function returns. Multiple-choice tasks are
+scored by log-likelihood (acc, acc_norm).
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 from functools import partial
 from typing import Any, Mapping
 
@@ -18,7 +22,9 @@ STRICT = r"#### (\-?[0-9\.\,]+)"
 FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 ANSWER_IS = r"The answer is (\-?[0-9\.\,]+)."  # lm-eval gsm8k-cot's strict regex
 BOXED = r"\\boxed\{([^{}]*)\}"
-FILTERS = ("strict-match", "flexible-extract", "answer-is", "boxed", "crescent-extract", "custom-regex")
+FILTERS = ("strict-match", "flexible-extract", "answer-is", "boxed", "crescent-extract", "custom-regex",
+           "remove_whitespace", "none")
+GEN_METRICS = ("exact_match", "math_equal")
 # gsm8k.yaml's exact_match: commas, '$', a trailing '.' and everything up to '#### ' are ignored
 EXACT_MATCH = {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
                "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}
@@ -35,7 +41,7 @@ def _regex_filter(name: str, pattern: str, last: bool = False) -> dict:
 
 def crescent_extract(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
     """lm-eval custom filter: crescent's own answer extraction (the one voting uses at train time)."""
-    from crescent.synth.voting import extract_answer
+    from crescent.answers import extract_answer
 
     return [[extract_answer(r) or "[invalid]" for r in inst] for inst in resps]
 
@@ -53,6 +59,10 @@ def filter_entry(name: str, regex: str | None = None) -> dict:
     if name == "crescent-extract":
         return {"name": name, "filter": [{"function": "custom", "filter_fn": crescent_extract},
                                          {"function": "take_first"}]}
+    if name == "remove_whitespace":  # lm-eval nq_open's filter
+        return {"name": name, "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
+    if name == "none":  # lm-eval's default: the first response as generated
+        return {"name": name, "filter": [{"function": "take_first"}]}
     if name == "custom-regex":
         if not regex:
             raise ValueError("filter 'custom-regex' needs the benchmark's `regex` (its first group is the answer)")
@@ -77,7 +87,8 @@ def resolve_py(value: Any) -> Any:
 
 def _dataset(spec: Mapping[str, Any], base_dir: str, **_lm_eval_kwargs) -> Any:
     """lm-eval `custom_dataset`: the benchmark's docs as a DatasetDict: test, and train = the few-shot
-    pool (the test docs themselves when there is none: lm-eval's sampler never shows a doc its own answer)."""
+    pool (the test docs themselves when there is none; build_task then sets fewshot_split=test, so that
+    lm-eval's sampler never shows a doc its own answer)."""
     import datasets
 
     docs = load_docs(spec, base_dir)
@@ -112,17 +123,22 @@ def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_di
     if spec.get("description"):
         task["description"] = spec["description"]
     sampler = spec.get("fewshot_sampler") or "default"
+    fewshot_config: dict[str, Any] = {}
     if sampler != "default":
-        task["fewshot_config"] = {"sampler": SAMPLERS[sampler]() if sampler in SAMPLERS else sampler}
+        fewshot_config["sampler"] = SAMPLERS[sampler]() if sampler in SAMPLERS else sampler
+    if spec.get("fewshot_target"):  # exemplars show a worked answer, the gold stays the short answer
+        fewshot_config["doc_to_target"] = resolve_py(spec["fewshot_target"])
+    if fewshot_config:
+        task["fewshot_config"] = fewshot_config
     if kind == "generate":
         task.update(
             output_type="generate_until",
             generation_kwargs={"until": list(spec.get("until") or []), "do_sample": False, "temperature": 0.0,
                                "max_gen_toks": int(max_gen_toks)},
             filter_list=[filter_entry(f, spec.get("regex")) for f in spec.get("filters") or ["flexible-extract"]],
-            metric_list=[dict(EXACT_MATCH)],
             repeats=1,
         )
+        task.update(_scoring(name, spec))
     else:
         task.update(
             output_type="multiple_choice",
@@ -131,7 +147,43 @@ def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_di
                          for m in spec.get("metrics") or ["acc"]],
         )
     task.update(resolve_py(dict(spec.get("lm_eval") or {})))
+    if not load_docs(spec, base_dir)["fewshot"]:
+        # exemplars come from the test docs: name that split so lm-eval's sampler leaves out the doc itself
+        task["fewshot_split"] = "test"
+    if (task.get("fewshot_config") or {}).get("samples"):  # fixed exemplars (MATH's Minerva four): no split
+        task.pop("fewshot_split", None)
+        task.pop("training_split", None)
     return task
+
+
+def metric_names(spec: Mapping[str, Any]) -> list[str]:
+    """The benchmark's `metric` (a name or a list; default exact_match)."""
+    metric = spec.get("metric") or ["exact_match"]
+    return [metric] if isinstance(metric, str) else list(metric)
+
+
+def _scoring(name: str, spec: Mapping[str, Any]) -> dict:
+    """metric_list (and process_results) of a generation benchmark."""
+    from crescent.eval import scoring
+
+    metrics = metric_names(spec)
+    if spec.get("process_results"):
+        fn = resolve_py(spec["process_results"])
+        if "metrics" in inspect.signature(fn).parameters:
+            fn = partial(fn, metrics=tuple(metrics))
+        return {"process_results": fn,
+                "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics]}
+    bad = [m for m in metrics if m not in GEN_METRICS]
+    if bad:
+        raise ValueError(f"eval.benchmarks.{name}.metric={metrics!r}: {bad} unknown; allowed: {list(GEN_METRICS)} "
+                         "(or the names a benchmark's process_results returns)")
+    out = []
+    for m in metrics:
+        if m == "exact_match":
+            out.append({**EXACT_MATCH, **dict(spec.get("exact_match") or {})})
+        else:
+            out.append({"metric": scoring.math_equal, "aggregation": "mean", "higher_is_better": True})
+    return {"metric_list": out}
 
 
 def filter_names(task: Mapping[str, Any]) -> list[str]:
