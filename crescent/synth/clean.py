@@ -48,7 +48,7 @@ _PREAMBLES = [re.compile(p, re.I) for p in (
     r"^(?=[^\n:.!?]{0,220}\b(?:problem|question|puzzle|challenge|one|math|for you|goes)\b)"
     r"(?:here(?:'s|’s| is| are| goes)|below is|i(?:'ve| have) (?:created|come up with|made))[^\n:.!?]{0,200}[:.!\n]",
     # "**Problem:**", "### Problem 1:", "Math Word Problem:", "Question:", "**Problem Statement**:"
-    r"^(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:(?:math(?:ematics)?|word|unique|high school|new)[ \t]+){0,3}"
+    r"^(?:#{1,6}[ \t]*+)?(?:\*\*|__)?[ \t]*+(?:(?:math(?:ematics)?|word|unique|high school|new)[ \t]++){0,3}"
     r"(?:problem|question|puzzle|challenge)(?:[ \t]+statement)?(?:[ \t]*#?\d{1,3})?"
     r"[ \t]*(?:\*\*|__)?[ \t]*[:：][ \t]*(?:\*\*|__)?",
     r"^(?:\*\*|__)(?:problem|question)(?:\*\*|__)[ \t]*\n",  # "**Problem**" on its own line
