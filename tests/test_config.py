@@ -65,7 +65,12 @@ def test_student_follows_teacher_unless_given(tmp_path):
     ("backend.name=tgi", "backend.name", "'hf', 'vllm'"),
     ("stages=[generate,fly]", "stages", "generate"),
     ("questions.answer_prompt=no_placeholder", "questions.answer_prompt", "{question}"),
-    ("seed=-1", "seed", "integer >= 0"),
+    ("seed=-1", "seed", "integer in [0, 4294967295]"),
+    ("seed=99999999999999999999", "seed", "integer in [0, 4294967295]"),  # issue 21: accepted before
+    ("seed=4294967296", "seed", "integer in [0, 4294967295]"),  # issue 21: failed late in Lightning
+    ("sampling.question.temperature=inf", "sampling.question.temperature", ">= 0.0"),  # issue 21
+    ("sampling.answer.top_p=nan", "sampling.answer.top_p", "(0, 1]"),
+    ("train.optimizer.lr=inf", "train.optimizer.lr", "> 0"),
     ("train.optimizer.lr=0", "train.optimizer.lr", "> 0"),
     ("train.kd.alpha=1.5", "train.kd.alpha", "[0.0, 1.0]"),
     ("train.val_fraction=1", "train.val_fraction", "[0, 1)"),
