@@ -590,6 +590,11 @@ def _train_errors(cfg: Mapping) -> list[str]:
     if all(_int(v) and v >= 1 for v in (devices, nodes, gbs, mbs)) and gbs % (devices * nodes):
         errors.append(f"  train.global_batch_size={gbs} is invalid: expected a multiple of "
                       f"trainer.devices x trainer.num_nodes = {devices * nodes}")
+    elif all(_int(v) and v >= 1 for v in (devices, nodes, gbs, mbs)) and (gbs // (devices * nodes)) % mbs:
+        # the README: accumulation = global / (micro x devices x nodes), and a size that does not divide fails
+        errors.append(f"  train.micro_batch_size={mbs} is invalid: expected a divisor of the "
+                      f"{gbs // (devices * nodes)} sequences per process (train.global_batch_size={gbs} / "
+                      f"trainer.devices x trainer.num_nodes = {devices * nodes})")
     lora = get_key(cfg, "train.lora")
     if isinstance(lora, dict):
         errors += section_errors(lora, LORA_RULES, "train.lora")

@@ -80,9 +80,11 @@ def test_student_follows_teacher_unless_given(tmp_path):
     ("train.data=/nonexistent/sft.jsonl", "train.data", "no such file"),
     ("train.global_batch_size=6", "train.global_batch_size", "multiple of trainer.devices x trainer.num_nodes = 4"),
     ("trainer.accelerator=cpu", "trainer.strategy", "needs CUDA GPUs"),
+    ("train.micro_batch_size=2", "train.micro_batch_size", "divisor of the 3 sequences per process"),  # issue 21
 ])
 def test_bad_value_names_key_and_allowed(override, key, allowed, tmp_path):
     extra = {"train.global_batch_size=6": ["trainer.devices=4"],
+             "train.micro_batch_size=2": ["train.global_batch_size=3", "trainer=cpu"],
              "trainer.accelerator=cpu": ["trainer=deepspeed_stage_2"]}.get(override, [])
     cfg = compose_cfg([*extra, "stages=[generate,train]", override], tmp_path)
     with pytest.raises(ConfigError) as e:
