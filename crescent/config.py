@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -63,8 +64,8 @@ class Rule:
     required: bool = True  # False: checked only when the key is present
 
 
-def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _num(x: Any) -> bool:  # finite only: inf / nan are never a valid temperature, rate or fraction
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _int(x: Any) -> bool:
@@ -85,6 +86,14 @@ def _is_dir(x: Any) -> bool:
 
 def int_at_least(lo: int) -> Rule:
     return Rule(f"an integer >= {lo}", lambda x: _int(x) and x >= lo)
+
+
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed_everything limit
+
+
+def seed_rule() -> Rule:
+    return Rule(f"an integer in [0, {SEED_MAX}] (what numpy, torch and Lightning accept)",
+                lambda x: _int(x) and 0 <= x <= SEED_MAX)
 
 
 def float_in(lo: float, hi: float) -> Rule:
@@ -187,7 +196,7 @@ PATH = Rule("a non-empty string (a folder path)", _str)
 RULES: dict[str, Rule] = {
     "stages": list_of(STAGES),
     "rounds": int_at_least(1),
-    "seed": int_at_least(0),
+    "seed": seed_rule(),
     "tags": str_list(),
     "cache_synth": boolean(),
     "optimized_metric": Rule(f"null or '<stage>/<metric>' with a stage from {list(STAGES)}", _metric_ok),
@@ -320,7 +329,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.scheduler.warmup_ratio": float_in(0.0, 1.0),
     "train.scheduler.min_lr_ratio": float_in(0.0, 1.0),
     "train.gradient_clip": optional(float_at_least(0.0)),
-    "train.seed": int_at_least(0),
+    "train.seed": seed_rule(),
     "train.resume": Rule("false, true or 'auto'", lambda x: isinstance(x, bool) or x == "auto"),
     "train.checkpoint_every_n_steps": maybe(Rule("null or an integer >= 0 (0: at epoch ends only)",
                                                  lambda x: x is None or (_int(x) and x >= 0))),
@@ -404,8 +413,8 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.trained_path": optional(nonempty_str()),
     "eval.log_samples": boolean(),
     "eval.bootstrap_iters": int_at_least(0),
-    "eval.random_seed": int_at_least(0),
-    "eval.fewshot_random_seed": int_at_least(0),
+    "eval.random_seed": seed_rule(),
+    "eval.fewshot_random_seed": seed_rule(),
     "eval.callback.every_n_epochs": int_at_least(0),
     "eval.callback.limit": int_at_least(1),
     "eval.callback.tasks": str_list(),
@@ -646,6 +655,11 @@ def _train_errors(cfg: Mapping) -> list[str]:
     if all(_int(v) and v >= 1 for v in (devices, nodes, gbs, mbs)) and gbs % (devices * nodes):
         errors.append(f"  train.global_batch_size={gbs} is invalid: expected a multiple of "
                       f"trainer.devices x trainer.num_nodes = {devices * nodes}")
+    elif all(_int(v) and v >= 1 for v in (devices, nodes, gbs, mbs)) and (gbs // (devices * nodes)) % mbs:
+        # the README: accumulation = global / (micro x devices x nodes), and a size that does not divide fails
+        errors.append(f"  train.micro_batch_size={mbs} is invalid: expected a divisor of the "
+                      f"{gbs // (devices * nodes)} sequences per process (train.global_batch_size={gbs} / "
+                      f"trainer.devices x trainer.num_nodes = {devices * nodes})")
     lora = get_key(cfg, "train.lora")
     if isinstance(lora, dict):
         errors += section_errors(lora, LORA_RULES, "train.lora")

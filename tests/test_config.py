@@ -65,7 +65,12 @@ def test_student_follows_teacher_unless_given(tmp_path):
     ("backend.name=tgi", "backend.name", "'hf', 'vllm'"),
     ("stages=[generate,fly]", "stages", "generate"),
     ("questions.answer_prompt=no_placeholder", "questions.answer_prompt", "{question}"),
-    ("seed=-1", "seed", "integer >= 0"),
+    ("seed=-1", "seed", "integer in [0, 4294967295]"),
+    ("seed=99999999999999999999", "seed", "integer in [0, 4294967295]"),  # issue 21: accepted before
+    ("seed=4294967296", "seed", "integer in [0, 4294967295]"),  # issue 21: failed late in Lightning
+    ("sampling.question.temperature=inf", "sampling.question.temperature", ">= 0.0"),  # issue 21
+    ("sampling.answer.top_p=nan", "sampling.answer.top_p", "(0, 1]"),
+    ("train.optimizer.lr=inf", "train.optimizer.lr", "> 0"),
     ("train.optimizer.lr=0", "train.optimizer.lr", "> 0"),
     ("train.kd.alpha=1.5", "train.kd.alpha", "[0.0, 1.0]"),
     ("train.val_fraction=1", "train.val_fraction", "[0, 1)"),
@@ -75,9 +80,11 @@ def test_student_follows_teacher_unless_given(tmp_path):
     ("train.data=/nonexistent/sft.jsonl", "train.data", "no such file"),
     ("train.global_batch_size=6", "train.global_batch_size", "multiple of trainer.devices x trainer.num_nodes = 4"),
     ("trainer.accelerator=cpu", "trainer.strategy", "needs CUDA GPUs"),
+    ("train.micro_batch_size=2", "train.micro_batch_size", "divisor of the 3 sequences per process"),  # issue 21
 ])
 def test_bad_value_names_key_and_allowed(override, key, allowed, tmp_path):
     extra = {"train.global_batch_size=6": ["trainer.devices=4"],
+             "train.micro_batch_size=2": ["train.global_batch_size=3", "trainer=cpu"],
              "trainer.accelerator=cpu": ["trainer=deepspeed_stage_2"]}.get(override, [])
     cfg = compose_cfg([*extra, "stages=[generate,train]", override], tmp_path)
     with pytest.raises(ConfigError) as e:

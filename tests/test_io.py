@@ -185,3 +185,29 @@ def test_copy_file_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="could not write .*dst.jsonl"):
         copy_file(src, dst)
     assert list(read_jsonl(dst)) == ROWS and _no_temp_files(dst.parent)
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"a\": 1", b"\xff\xfe garbage", b"nul", b"{\"a\": \"\xe2\x82\"}"])
+def test_read_json_names_a_damaged_file(tmp_path, content):
+    """Issue 21 item 5: a garbled manifest / round JSON gives an error naming the file and the fix
+    (before: a bare JSONDecodeError 'Expecting value: line 1 column 1')."""
+    from crescent.utils.io import DamagedFileError, read_json
+
+    path = tmp_path / "manifest.json"
+    path.write_bytes(content)
+    with pytest.raises(DamagedFileError, match="manifest.json is damaged: expected a JSON document.*delete .*rerun"):
+        read_json(path)
+    with pytest.raises(ValueError):  # still a ValueError for callers that catch that
+        read_json(path)
+
+
+def test_read_json_checks_the_expected_type(tmp_path):
+    from crescent.utils.io import DamagedFileError, read_json, write_json
+
+    path = tmp_path / "chunk.json"
+    write_json(path, None)
+    assert read_json(path) is None
+    with pytest.raises(DamagedFileError, match="chunk.json is damaged: expected a JSON dict, got NoneType; use x"):
+        read_json(path, expect=dict, fix="use x")
+    write_json(path, {"a": 1})
+    assert read_json(path, expect=dict) == {"a": 1}

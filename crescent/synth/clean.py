@@ -37,7 +37,7 @@ _MIN_LETTER_SHARE = 0.2
 _SPECIAL_TOKENS = re.compile(r"<\|[^|<>\n]{0,60}\|>|</?s>|\[/?INST\]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INVISIBLE = ("Cc", "Cf", "Cs")  # controls; zero-width and bidi overrides ("Trojan Source"); lone surrogates
-_LINE_START = r"(?:^|(?<=\n)|(?<=[.!?:])[ \t]+)[ \t>#*_-]*"  # start of a line or of a sentence
+_LINE_START = r"(?:^|(?<=\n)|(?<=[.!?:])[ \t])[ \t>#*_-]*+"  # possessive: linear time  # start of a line or of a sentence
 
 _PREAMBLES = [re.compile(p, re.I) for p in (
     # "Sure!", "Certainly,", "Of course." (the interjection must be followed by punctuation)
@@ -48,7 +48,7 @@ _PREAMBLES = [re.compile(p, re.I) for p in (
     r"^(?=[^\n:.!?]{0,220}\b(?:problem|question|puzzle|challenge|one|math|for you|goes)\b)"
     r"(?:here(?:'s|’s| is| are| goes)|below is|i(?:'ve| have) (?:created|come up with|made))[^\n:.!?]{0,200}[:.!\n]",
     # "**Problem:**", "### Problem 1:", "Math Word Problem:", "Question:", "**Problem Statement**:"
-    r"^(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:(?:math(?:ematics)?|word|unique|high school|new)[ \t]+){0,3}"
+    r"^(?:#{1,6}[ \t]*+)?(?:\*\*|__)?[ \t]*+(?:(?:math(?:ematics)?|word|unique|high school|new)[ \t]++){0,3}"
     r"(?:problem|question|puzzle|challenge)(?:[ \t]+statement)?(?:[ \t]*#?\d{1,3})?"
     r"[ \t]*(?:\*\*|__)?[ \t]*[:：][ \t]*(?:\*\*|__)?",
     r"^(?:\*\*|__)(?:problem|question)(?:\*\*|__)[ \t]*\n",  # "**Problem**" on its own line
@@ -81,7 +81,7 @@ _TAIL_MARKERS = re.compile(
 # An ask: a question mark, or a sentence that opens with an instruction or a question word
 # ("Find x.", "Calculate the area."). A bare "What a story!" is not an ask.
 _ASKS = re.compile(
-    r"\?|？|(?:^|[.!:;]\s+|\n)[\s*_\"'(]*(?:please\s+|now\s+|then\s+)?(?:find|calculate|determine|compute"
+    r"\?|？|(?:^|[.!:;]\s|\n)[\s*_\"'(]*+(?:please\s+|now\s+|then\s+)?(?:find|calculate|determine|compute"
     r"|solve|show|prove|evaluate|simplify|estimate|express|work out|figure out|give|state"
     r"|what (?:is|are|was|were|will|would|does|did)|which|how (?:many|much|long|far|old|fast|often|tall|big))\b",
     re.I,

@@ -77,16 +77,21 @@ _NON_FINITE = re.compile(
     r"^[^\w∞]*(?:answer\W*)?(?:nan|[-+" + _MINUS[1:] + r"]?(?:inf(?:inity)?|∞|\\infty)|undefined)(?!\w)", re.I
 )
 # unevaluated maths around the number read from a marker: 2\sqrt{2}, 4\pi, 2^{10}, 9**9, 5 + 3, \sqrt{2}
-_SYMBOLIC_AFTER = re.compile(r"\^|\*\*\s*\d|\s*(?:\\sqrt|√|\\pi|π)|\s*(?:[-+*×÷·/" + _MINUS[1:]
-                             + r"]|\\times|\\cdot|\\div)\s*[-(]?\.?\d")
+_SUPERSCRIPTS = "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079"
+_SYMBOLIC_AFTER = re.compile(r"\^|[" + _SUPERSCRIPTS + r"]|\*\*\s*+\d|\s*+(?:\\sqrt|√|\\pi|π)|\s*+(?:[-+*×÷·/"
+                             + _MINUS[1:] + r"]|\\times|\\cdot|\\div)\s*+[-(]?\.?\d")
+# a digit glued to hex/octal/binary prefixes or digit underscores: 0x1F, 0b101, 1_000 (read as no answer)
+_GLUED = re.compile(r"[xXbBoO][0-9a-fA-F]|_\d")
+# zero-width characters, a BOM, variation selectors and the keycap mark: "4\u200d2" is 42, "4\ufe0f\u20e3" is 4
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\ufe0e\ufe0f\u20e3"))
 _SYMBOLIC_BEFORE = re.compile(r"(?:\\sqrt\s*(?:\[[^\]]*\])?\s*\{?|√|\^\s*\{?|\\pi\s*|π\s*)\s*$")
 _SQRT = re.compile(r"\\sqrt\s*\{\s*(\d{1,30})\s*\}|√\s*(\d{1,30})(?![\d.])")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _ANSWER_IS = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:|=)", re.I)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*)\}\s*\{\s*([^{}]*)\}")
+_FRAC = re.compile(r"\\[dt]?frac\s*+\{\s*+([^{}]*+)\}\s*+\{\s*+([^{}]*+)\}")
 _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
-_LATEX_WORD = re.compile(r"\\(?:text|mathrm|textbf|mathbf|operatorname)\s*\{[^{}]*\}")
+_LATEX_WORD = re.compile(r"\\(?:text|mathrm|textbf|mathbf|operatorname)\s*+\{([^{}]*+)\}")
 _LATEX_DROP = re.compile(r"\\[,;:! ]|\\left|\\right|\\\$|\\%|\{,\}")
 
 
@@ -168,7 +173,7 @@ def _delatex(s: str) -> str:
     s = _roots(s)
     if "\\" not in s and "{," not in s:
         return s
-    s = _LATEX_WORD.sub(" ", s)
+    s = _LATEX_WORD.sub(lambda m: f" {m.group(1)} ", s)  # \text{42} keeps its 42
     s = _LATEX_DROP.sub("", s)
     s = _FRAC.sub(lambda m: _spaced(m, f"{m.group(1).strip()}/{m.group(2).strip()}"), s)
     return _FRAC_SHORT.sub(lambda m: _spaced(m, f"{m.group(1)}/{m.group(2)}"), s)
@@ -214,6 +219,10 @@ def _marker_answer(segment: str) -> Parsed | None:
         return Parsed(None, "non_finite")
     for m in _NUMBER.finditer(segment):
         value = _value(m)
+        if value is None:  # 1e309, 1e-400, a 61+-digit run, 7/0: the marker holds no finite number
+            return Parsed(None, "non_finite")
+        if _GLUED.match(segment, m.end()):
+            return Parsed(None, "symbolic")
         if value is not None:
             symbolic = _SYMBOLIC_AFTER.match(segment, m.end()) or _SYMBOLIC_BEFORE.search(
                 segment, max(0, m.start() - 20), m.start())
@@ -293,6 +302,7 @@ def parse_answer(text: str) -> Parsed:
         text = _ANSI.sub("", text)
     if not text.strip():
         return Parsed(None, "empty")
+    text = text.translate(_INVISIBLE)
     try:
         tail = text[-_TAIL_CHARS:]
         answer = (_after_hashes(text[-20 * _TAIL_CHARS:]) or _from_boxed(tail) or _from_answer_is(tail)
@@ -310,7 +320,7 @@ def extract_answer(text: str) -> str | None:
 def _as_canonical(a: str) -> str | None:
     a = a.strip()
     if CANONICAL.fullmatch(a) and len(a) <= _MAX_DIGITS:
-        return a
+        return None if re.fullmatch(r"[^/]*/0+", a) else a  # a zero denominator is no number
     return extract_answer(a)  # None for over-long digit runs, as in extraction
 
 

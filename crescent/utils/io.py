@@ -55,9 +55,25 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic_write(Path(path), _encode(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"))
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+class DamagedFileError(ValueError):
+    """A run or cache file that exists but does not decode; the message names it and what to do."""
+
+
+def read_json(path: str | Path, expect: type | None = None, fix: str | None = None) -> Any:
+    """The JSON value in `path`. A file that does not decode (torn, garbled, not UTF-8) or, with `expect`,
+    holds another type (e.g. `null` where an object belongs) raises DamagedFileError naming the file, what
+    was expected and what to do (`fix`, default: delete it and rerun the stage that writes it)."""
+    fix = fix or f"delete {path} and rerun the stage that writes it"
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise DamagedFileError(f"{path} is damaged: expected a JSON document, could not decode it ({err}); "
+                               f"{fix}") from err
+    if expect is not None and not isinstance(obj, expect):
+        raise DamagedFileError(f"{path} is damaged: expected a JSON {expect.__name__}, got "
+                               f"{type(obj).__name__}; {fix}")
+    return obj
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
