@@ -196,3 +196,22 @@ def test_rank_overrides_keep_ranks_above_0_out_of_hydras_config_and_log(env):
     assert rank_overrides(["debug=default"]) == ["hydra.output_subdir=null", "hydra.job.name=crescent_rank1"]
     # Lightning's launcher already passes these to the processes it starts: not twice
     assert rank_overrides(["hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1"]) == []
+
+
+@pytest.mark.parametrize("launcher,nodes", [("slurm_8gpu", 1), ("slurm_4x8gpu", 4)])
+def test_slurm_launchers_start_one_task_per_gpu_in_one_job(launcher, nodes):
+    """The committed submitit configs launch as the README says: one Hydra job per allocation, tasks_per_node =
+    trainer.devices of the paper presets, nodes = trainer.num_nodes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=crescent_llama3_8b", f"trainer.num_nodes={nodes}",
+                                           f"hydra/launcher={launcher}"], return_hydra_config=True)
+    launch = cfg.hydra.launcher
+    assert launch._target_.endswith("SlurmLauncher")
+    assert (launch.nodes, launch.tasks_per_node, launch.gpus_per_node) == (nodes, cfg.trainer.devices, 8)
+    assert cfg.trainer.num_nodes == launch.nodes
