@@ -496,7 +496,7 @@ def _eval_errors(cfg: Mapping) -> list[str]:
                    for t in unknown]
     for name, spec in benchmarks.items():
         errors += benchmark_errors(spec, f"eval.benchmarks.{name}")
-    if get_key(cfg, "eval.engine") == "vllm":
+    if get_key(cfg, "eval.vllm") is not MISSING or get_key(cfg, "eval.engine") == "vllm":
         errors += _eval_vllm_errors(get_key(cfg, "eval.vllm"))
     generator, dev = get_key(cfg, "eval.generator"), get_key(cfg, "eval.device")
     if generator == "fast" and isinstance(dev, str) and dev != "cpu":
