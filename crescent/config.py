@@ -46,6 +46,7 @@ FAST_DTYPES = (None, "bf16_if_fast", "float32", "bfloat16")
 VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 EVAL_MODELS = ("base", "trained")
 EVAL_GENERATORS = ("hf", "fast", "auto")  # crescent.eval.harness.GENERATORS
+EVAL_ENGINES = ("hf", "vllm")  # crescent.eval.harness.ENGINES
 BENCHMARK_KINDS = ("generate", "multiple_choice")
 FEWSHOT_SAMPLERS = ("default", "first_n", "same_subject")  # lm-eval's two and crescent's
 MC_METRICS = ("acc", "acc_norm", "acc_mutual_info", "acc_bytes", "brier_score")
@@ -409,6 +410,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.device": device(),
     "eval.generator": maybe(one_of(EVAL_GENERATORS)),
     "eval.fast_slots": maybe(int_at_least(1)),
+    "eval.engine": maybe(one_of(EVAL_ENGINES)),
     "eval.models": list_of(EVAL_MODELS),
     "eval.trained_path": optional(nonempty_str()),
     "eval.log_samples": boolean(),
@@ -568,6 +570,8 @@ def _eval_errors(cfg: Mapping) -> list[str]:
     tasks = get_key(cfg, "eval.tasks")
     for name in tasks if isinstance(tasks, list) and tasks else list(benchmarks):
         errors += _user_data_errors(benchmarks.get(name), f"eval.benchmarks.{name}")
+    if get_key(cfg, "eval.vllm") is not MISSING or get_key(cfg, "eval.engine") == "vllm":
+        errors += _eval_vllm_errors(get_key(cfg, "eval.vllm"))
     generator, dev = get_key(cfg, "eval.generator"), get_key(cfg, "eval.device")
     if generator == "fast" and isinstance(dev, str) and dev != "cpu":
         errors.append(f"  eval.generator='fast' is invalid with eval.device={dev!r}: expected eval.device=cpu "
@@ -575,6 +579,29 @@ def _eval_errors(cfg: Mapping) -> list[str]:
     trained, models = get_key(cfg, "eval.trained_path"), get_key(cfg, "eval.models")
     if _str(trained) and isinstance(models, list) and "trained" in models and not _is_dir(trained):
         errors.append(f"  eval.trained_path={trained!r} is invalid: expected an existing folder (an hf_export/)")
+    return errors
+
+
+EVAL_VLLM_RULES: dict[str, Rule] = {
+    "tensor_parallel_size": int_at_least(1), "data_parallel_size": int_at_least(1),
+    "gpu_memory_utilization": TOP_P, "max_model_len": optional(int_at_least(16)), "dtype": one_of(VLLM_DTYPES),
+    "seed": int_at_least(0), "enforce_eager": boolean(),
+    "batch_size": Rule("'auto' or an integer >= 1", lambda x: x == "auto" or (_int(x) and x >= 1)),
+}
+
+
+def _eval_vllm_errors(vllm_cfg: Any) -> list[str]:
+    """eval.engine=vllm: eval.vllm.* (the arguments of lm-eval's VLLM model)."""
+    if not isinstance(vllm_cfg, Mapping):
+        return [f"  eval.vllm={vllm_cfg!r} is invalid: expected a mapping of lm-eval VLLM arguments "
+                f"({', '.join(EVAL_VLLM_RULES)})"]
+    errors = []
+    for key, rule in EVAL_VLLM_RULES.items():
+        if key not in vllm_cfg:
+            if rule.required:
+                errors.append(f"  eval.vllm.{key} is missing: expected {rule.allowed}")
+        elif not rule.ok(vllm_cfg[key]):
+            errors.append(f"  eval.vllm.{key}={vllm_cfg[key]!r} is invalid: expected {rule.allowed}")
     return errors
 
 
@@ -775,11 +802,12 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def hardware_errors(cfg: Mapping, cuda_devices: Callable[[], int] = _cuda_device_count,
-                    importable: Callable[[str], bool] = _importable) -> list[str]:
+def hardware_errors(cfg: Mapping, cuda_devices: Callable[[], int] | None = None,
+                    importable: Callable[[str], bool] | None = None) -> list[str]:
     """What this machine cannot run of the stages in `cfg`: a GPU trainer, DeepSpeed or FlashAttention without
     CUDA, more trainer.devices than visible GPUs, backend=vllm without vllm (or without CUDA), eval on cuda
     without CUDA. Torch is imported (for the device count) only when the config asks for CUDA."""
+    cuda_devices, importable = cuda_devices or _cuda_device_count, importable or _importable  # looked up per call
     cfg = plain_config(cfg)
     stages = get_key(cfg, "stages")
     run = set(stages) if isinstance(stages, list) and all(isinstance(x, str) for x in stages) else set()

@@ -25,6 +25,7 @@ NOT_SELECTABLE = {"eval/common"}  # the eval presets' shared base: it has no ben
 ACCEPTS = {
     "eval.benchmarks.*.lm_eval.*": None,  # extra lm-eval task keys, passed through to lm-eval untyped
     "eval.benchmarks.*.target": {12345, "not-a-number"},  # a Jinja template or an integer choice index
+    "eval.vllm.batch_size": {12345},  # 'auto' or an integer
 }
 NEGATIVE_ONE_OK = {"train.max_steps", "trainer.devices"}  # -1 means "use epochs" / "all devices": probe -2
 FRACTIONS = {"threshold", "quantile", "top_p", "min_agreement", "alpha", "warmup_ratio", "min_lr_ratio",

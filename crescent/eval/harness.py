@@ -25,6 +25,10 @@ def lm_eval_version() -> str:
 
 
 GENERATORS = ("hf", "fast", "auto")
+ENGINES = ("hf", "vllm")  # eval.engine: crescent.config.EVAL_ENGINES
+# eval.vllm.* keys that go to lm-eval's VLLM model (and from there to vllm.LLM) under the same name
+VLLM_ARGS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype", "seed",
+             "batch_size", "enforce_eager")
 
 
 def make_lm(model, tokenizer, batch_size: int, max_length: int, generator: str = "hf", fast_slots: int = 128,
@@ -66,6 +70,58 @@ def _fast_backend(model, tokenizer, generator: str, slots: int, cache_dir):
     return FastBackend(model, tokenizer, batch_size=slots, cache_dir=cache_dir)
 
 
+def make_vllm_lm(model_dir: str, vllm_cfg: Mapping[str, Any], max_gen_toks: int, chat_template: str | None = None,
+                 trust_remote_code: bool = False):
+    """lm-eval's own `vllm` model type on a model folder (the base model's, or this run's hf_export/).
+    eval.vllm.* goes to it by name: tensor/data parallel sizes (lm-eval runs data_parallel_size > 1 as that many
+    Ray actors, each one vllm.LLM over its share of the requests), memory, context length, dtype, seed, batching."""
+    args = {k: vllm_cfg[k] for k in VLLM_ARGS if vllm_cfg.get(k) is not None}
+    for key in ("tensor_parallel_size", "data_parallel_size", "max_model_len", "seed"):
+        if key in args:
+            args[key] = int(args[key])
+    if "batch_size" in args and str(args["batch_size"]) != "auto":
+        args["batch_size"] = int(args["batch_size"])
+    if "gpu_memory_utilization" in args:
+        args["gpu_memory_utilization"] = float(args["gpu_memory_utilization"])
+    _check_vllm(int(args.get("data_parallel_size", 1)))
+    from lm_eval.models.vllm_causallms import VLLM
+
+    lm = VLLM(pretrained=str(model_dir), max_gen_toks=int(max_gen_toks), trust_remote_code=bool(trust_remote_code),
+              **args)
+    if chat_template:  # the model config's override, as crescent.models.loading gives the hf tokenizer
+        lm.hf_chat_template = chat_template
+    return lm
+
+
+def _check_vllm(data_parallel_size: int) -> None:
+    from importlib.util import find_spec
+
+    if find_spec("vllm") is None:
+        raise ImportError("eval.engine=vllm needs the `vllm` package (pip install -e .[gpu] on a CUDA machine); "
+                          "or use eval.engine=hf")
+    if data_parallel_size > 1 and find_spec("ray") is None:
+        raise ImportError(f"eval.vllm.data_parallel_size={data_parallel_size} needs `ray` (pip install ray): lm-eval "
+                          "runs its data-parallel replicas as Ray actors; or set eval.vllm.data_parallel_size=1")
+
+
+def release(lm) -> None:
+    """Shut down a vLLM engine (lm-eval's VLLM at data_parallel_size=1 holds one; Ray replicas end with each call)
+    and return its GPU memory before the next model is loaded."""
+    import gc
+
+    engine = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
+    if engine is not None and hasattr(engine, "shutdown"):
+        engine.shutdown()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def task_manager():
     from lm_eval.tasks import TaskManager
 
@@ -77,6 +133,8 @@ def evaluate(lm, tasks: Sequence[dict], num_fewshot: int, settings: Mapping[str,
     import lm_eval
 
     model = getattr(lm, "model", None)
+    if not hasattr(model, "train"):  # lm-eval's VLLM: model is a vllm.LLM, no train/eval modes
+        model = None
     was_training = bool(getattr(model, "training", False))
     if model is not None:
         model.eval()

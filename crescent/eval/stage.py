@@ -126,6 +126,9 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     benchmarks = selected_benchmarks(ec)
     models = models_to_score(cfg)
     settings = {k: ec.get(k) for k in SETTINGS}
+    engine = ec.get("engine") or "hf"
+    if engine != "hf":  # hf runs keep their unit keys; another engine scores as new units
+        settings.update(engine=engine, vllm=OmegaConf.to_container(ec.vllm, resolve=True))
     rows: list[dict] = []
     samples_written = []
     for tag, model_cfg in models.items():
@@ -149,10 +152,12 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                     samples_written.append(path)
             write_json(part, {"key": key, "rows": unit_rows})
             rows += unit_rows
+        if lm is not None and engine == "vllm":
+            harness.release(lm)  # the engine's GPU memory back before the next model's engine
         del lm
     result = {
         "lm_eval_version": harness.lm_eval_version(),
-        "settings": {**settings, "num_fewshot": list(shot_plan(benchmarks, ec.num_fewshot)),
+        "settings": {"engine": engine, **settings, "num_fewshot": list(shot_plan(benchmarks, ec.num_fewshot)),
                      "batch_size": ec.batch_size},
         "models": {tag: {"name": m["name"], "path": m.get("local_path")} for tag, m in models.items()},
         "benchmarks": benchmarks,
@@ -169,9 +174,14 @@ def run(cfg: DictConfig, tracker=None) -> dict:
 
 
 def _load_lm(model_cfg: dict, cfg: DictConfig):
-    from crescent.eval.harness import make_lm
-    from crescent.models.loading import load_model_and_tokenizer
+    from crescent.eval.harness import make_lm, make_vllm_lm
+    from crescent.models.loading import load_model_and_tokenizer, resolve_model_dir
 
+    if (cfg.eval.get("engine") or "hf") == "vllm":  # lm-eval's vllm model on the model's folder
+        return make_vllm_lm(resolve_model_dir(model_cfg, cfg.paths.cache_dir),
+                            OmegaConf.to_container(cfg.eval.vllm, resolve=True), cfg.eval.max_gen_toks,
+                            chat_template=model_cfg.get("chat_template"),
+                            trust_remote_code=bool(model_cfg.get("trust_remote_code") or False))
     tok, model = load_model_and_tokenizer(model_cfg, cfg.paths.cache_dir, dtype=cfg.eval.dtype, device=cfg.eval.device)
     return make_lm(model, tok, cfg.eval.batch_size, cfg.eval.max_length, generator=cfg.eval.get("generator", "hf"),
                    fast_slots=int(cfg.eval.get("fast_slots", 128)), cache_dir=cfg.paths.cache_dir)
