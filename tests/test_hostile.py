@@ -169,7 +169,9 @@ def test_eval_filters(box):
     texts = [r["text"] for r in rows]
     patterns = {"strict-match": STRICT, "flexible-extract": FLEXIBLE, "answer-is": ANSWER_IS, "boxed": BOXED,
                 "custom-regex": CUSTOM_REGEX}
-    assert set(patterns) | {"crescent-extract"} == set(FILTERS)
+    assert set(patterns) | {"crescent-extract", "none", "remove_whitespace"} == set(FILTERS)
+    for text, got, stripped in zip(texts, _apply_filter("none", texts), _apply_filter("remove_whitespace", texts)):
+        assert got == text and stripped.strip() == text.strip()  # as generated / whitespace off (lm-eval nq_open)
     for name, pattern in patterns.items():
         for r, got in zip(rows, _apply_filter(name, texts)):
             assert isinstance(got, str), (name, r["id"])
@@ -232,7 +234,14 @@ def test_no_code_path_evaluates_text():
                        for m in mods):
                     math_verify.append(path.relative_to(ROOT).as_posix())
     assert found == []
-    assert set(math_verify) <= {"crescent/synth/voting.py"}
+    # voting.py: on validated numbers only; answers.py and eval/scoring.py: LaTeX extraction only (no eval-based
+    # expression parsing), which the next lines hold
+    assert set(math_verify) <= {"crescent/synth/voting.py", "crescent/answers.py", "crescent/eval/scoring.py"}
+    for name in ("crescent/answers.py", "crescent/eval/scoring.py"):
+        src = (ROOT / name).read_text(encoding="utf-8")
+        assert "ExprExtractionConfig" not in src
+        calls = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "parse"]
+        assert calls and all("extraction_config" in {k.arg for k in c.keywords} for c in calls), name
 
 
 def test_huge_outputs_are_fast(box):

@@ -109,20 +109,11 @@ class timeout:
 
 
 def is_equiv(x1: str, x2: str) -> bool:
-    """x1 and x2 are normalized latex strings: equal strings, or sympy finds their difference is 0
-    (only where sympy's LaTeX parser can run; any failure is 'not equivalent')."""
-    if isinstance(x1, str) and x1 and x1 == x2:
-        return True
-    if threading.current_thread() is not threading.main_thread():
-        return False  # the SIGALRM timeout below works on the main thread only
-    try:
-        import sympy
-        from sympy.parsing.latex import parse_latex
-
-        with timeout(seconds=5):
-            return sympy.simplify(parse_latex(x1) - parse_latex(x2)) == 0
-    except Exception:  # ImportError (antlr4 version), parse errors, timeouts
-        return False
+    """x1 and x2 are normalized latex strings: equal strings. lm-eval's version also asks sympy whether
+    parse_latex(x1) - parse_latex(x2) simplifies to 0; that parser needs antlr4 4.11 (crescent has 4.9.3 for
+    math-verify, so lm-eval's own check fails to import and answers False as well) and the house rules keep
+    model text away from sympy's parsers."""
+    return isinstance(x1, str) and bool(x1) and x1 == x2
 
 
 def get_unnormalized_answer(text: str) -> str:

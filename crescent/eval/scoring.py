@@ -32,15 +32,24 @@ def math_equal(references: list, predictions: list, **_: Any) -> float:
 
 
 def _math_verify(gold_solution: str, response: str) -> int:
-    """lm-eval minerva_math's math_verify: verify(parse(solution), parse(response)), default parsing."""
+    """lm-eval minerva_math's math_verify (verify(parse(solution), parse(response))), with LaTeX extraction only:
+    math-verify's default also extracts plain digit/operator expressions and hands them to sympy's eval-based
+    parse_expr, which the house rules forbid on model text. A response without LaTeX is read by crescent's own
+    extraction (its final number, nothing evaluated) and compared by value with the solution's boxed answer."""
     try:
-        from math_verify import parse, verify
+        from math_verify import LatexExtractionConfig, parse, verify
 
         t = 5 if threading.current_thread() is threading.main_thread() else None
-        return int(bool(verify(gold=parse(gold_solution, parsing_timeout=t), target=parse(response, parsing_timeout=t),
-                               timeout_seconds=t)))
+        latex = [LatexExtractionConfig()]
+        gold, target = (parse(x, extraction_config=latex, parsing_timeout=t) for x in (gold_solution, response))
+        if gold and target:
+            return int(bool(verify(gold=gold, target=target, timeout_seconds=t)))
     except Exception:
         return 0
+    from crescent.answers import answers_equal, extract_answer
+
+    mine, theirs = extract_answer(response), extract_answer(gold_solution)
+    return int(mine is not None and theirs is not None and answers_equal(mine, theirs))
 
 
 def minerva_process_results(doc: dict, results: list[str], metrics: Iterable[str] = METRICS) -> dict[str, int]:
@@ -65,11 +74,11 @@ def _first(v: Any) -> Any:
 
 def _gold(target: Any) -> Any:
     if isinstance(target, str) and target.startswith("[") and target.endswith("]"):
-        import ast
+        import json
 
-        try:
-            return ast.literal_eval(target)
-        except (ValueError, SyntaxError):
+        try:  # a gold list written as JSON (nothing evaluated)
+            return json.loads(target)
+        except ValueError:
             return target
     return target
 
