@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory_plan import compose, model_shapes  # noqa: E402  (one composer and one table of model shapes)
 
 H100_BF16_FLOPS = 989e12  # dense bf16 peak, H100 SXM datasheet
 GEN_TOK_S = {"low": 8_000, "central": 10_000, "high": 12_600}  # vLLM 8B output tok/s per H100 (published, above)
@@ -36,19 +39,9 @@ ENGINE_START_H = 2.5 / 60  # one vLLM engine start-up per replica (estimate: 2-3
 QUESTION_TOKENS, ANSWER_TOKENS, SFT_ROW_TOKENS = 120, 300, 400
 REWRITE_FRACTION = 0.30  # raw questions that need one rewrite (unknown in the paper: 10-60 %)
 KEEP_FRACTION = 0.91  # SFT rows / answered questions (vote agreement filter; the paper's 50k of 55k)
-# parameter counts of the hub models the presets name (from each model's config.json shapes)
-PARAMS = {"llama3_8b_instruct": 8.03e9, "llama2_7b_chat": 6.74e9, "llama3_2_1b_instruct": 1.24e9,
-          "qwen2_5_7b_instruct": 7.62e9, "mistral_7b_instruct": 7.25e9, "qwen2_5_1_5b_instruct": 1.54e9,
-          "smollm2_135m_instruct": 1.35e8, "tiny_llama": 1e6}
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+def params(model_cfg) -> float:
+    """Parameter count from memory_plan's model shapes (local config.json, tiny fields, or its hub-config table)."""
+    return float(model_shapes(model_cfg).params())
 
 
 def plan(cfg, scenario: str = "central") -> dict:
@@ -56,8 +49,7 @@ def plan(cfg, scenario: str = "central") -> dict:
     from crescent.synth.questions import engine_call_bound
 
     stages = list(cfg.stages)
-    n_teacher = PARAMS.get(cfg.teacher.name, 8.03e9)
-    n_student = PARAMS.get(cfg.student.name, n_teacher)
+    n_teacher, n_student = params(cfg.teacher), params(cfg.student)
     replicas = int(cfg.backend.get("data_parallel_size", 1) or 1) * int(cfg.backend.get("tensor_parallel_size", 1) or 1)
     k = int(cfg.voting.k)
     dataset = cfg.questions.get("source", "bait") == "dataset"

@@ -123,7 +123,7 @@ class LLM:
                 stream = ("global", self._rng.getrandbits(64)) if sp.seed is None else sp.seed + j
                 streams.append([prompt, stream])
                 children.append(CompletionOutput(index=j, text=complete(prompt, stream, sp)))
-            outs.append(RequestOutput(str(i), prompt, None, children))
+            outs.append(RequestOutput(str(i), prompt, None, None, children))
         _log({"method": method, "pid": os.getpid(), "prompts": prompts, "params": [asdict(p) for p in params],
               "streams": streams, **extra})
         return outs

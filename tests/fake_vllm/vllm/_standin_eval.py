@@ -21,6 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from vllm.outputs import CompletionOutput, RequestOutput  # shared with the generation stand-in
+
 CALLS: list[dict] = []  # every LLM construction and generate call, in order
 WORDS = ("so", "the", "answer", "is", "we", "add", "then", "take", "away", "left", "total", "+", "=", "and", "each")
 
@@ -49,26 +51,6 @@ class SamplingParams:
         self.stop = [stop] if isinstance(stop, str) else list(stop or [])
         self.seed, self.prompt_logprobs, self.logprobs, self.detokenize = seed, prompt_logprobs, logprobs, detokenize
         self.extra = extra  # e.g. do_sample / until leftovers: kept, not interpreted
-
-
-@dataclass
-class CompletionOutput:
-    index: int
-    text: str
-    token_ids: list[int]
-    cumulative_logprob: float | None = None
-    logprobs: Any = None
-    finish_reason: str | None = "stop"
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int] | None
-    prompt_logprobs: list[dict[int, float] | None] | None
-    outputs: list[CompletionOutput]
-    finished: bool = True
 
 
 def _digest(*parts: Any) -> int:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -9,7 +10,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int] = field(default_factory=list)
     cumulative_logprob: float | None = None
-    logprobs: list | None = None
+    logprobs: Any = None
     finish_reason: str | None = "stop"
 
 
@@ -18,5 +19,6 @@ class RequestOutput:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int] | None
+    prompt_logprobs: list[dict[int, float] | None] | None  # vLLM's field order (lm-eval's loglikelihood reads it)
     outputs: list[CompletionOutput]
     finished: bool = True
