@@ -136,6 +136,27 @@ def _run_rounds(cfg: DictConfig) -> dict:
     return {"rounds": result}
 
 
+def check_objective(cfg: DictConfig) -> str | None:
+    """cfg.optimized_metric as the eval stage will name it for this config's benchmarks and shot counts
+    ('eval/gsm8k_0shot/...' is 'eval/gsm8k/...' when 0 is the only shot count); raises ConfigError before anything
+    runs when the name cannot match (a bare task with several shot counts, an unknown task or shot count)."""
+    name = cfg.get("optimized_metric")
+    if not name or not str(name).startswith("eval/"):
+        return name
+    from crescent.eval.report import resolve_metric_name
+    from crescent.eval.stage import selected_benchmarks, shot_plan
+
+    shots: dict[str, list[int]] = {}
+    for k, unit in shot_plan(selected_benchmarks(cfg.eval), cfg.eval.num_fewshot).items():
+        for task in unit:
+            shots.setdefault(task, []).append(k)
+    try:
+        return "eval/" + resolve_metric_name(str(name)[len("eval/"):], shots)
+    except ValueError as e:
+        raise ConfigError(f"optimized_metric={name!r} cannot match what eval produces: {e} (eval.num_fewshot="
+                          f"{OmegaConf.to_container(cfg.eval.num_fewshot) if OmegaConf.is_config(cfg.eval.num_fewshot) else cfg.eval.num_fewshot})") from None
+
+
 def objective(cfg: DictConfig, results: dict) -> float | None:
     """The value of cfg.optimized_metric ('<stage>/<metric>', e.g. 'eval/gsm8k/flexible-extract'), which
     the Optuna sweeper maximises or minimises; None when no metric is named."""
@@ -144,6 +165,7 @@ def objective(cfg: DictConfig, results: dict) -> float | None:
         return None
     from crescent.utils.tracking import flatten
 
+    name = check_objective(cfg)
     stage, _, key = str(name).partition("/")
     metrics = flatten(results.get(stage, {}).get("metrics") or results.get(stage, {}).get("counts") or {})
     if key not in metrics:
@@ -166,6 +188,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         validate(cfg, hardware=True)  # before anything heavy is imported or loaded (and this machine can run it)
         check_launch(cfg)
+        check_objective(cfg)  # a sweep's metric name that cannot match fails now, not after the whole trial
     except ConfigError as e:  # recorded, so sweep aggregation lists the job with its error
         status_file.write({"status": "failed", "error": f"ConfigError: {e}", "stages": []})
         raise

@@ -157,7 +157,38 @@ def test_optuna_objective_is_the_named_metric(make_cfg):
     from crescent.pipeline import objective
 
     results = {"eval": {"metrics": {"gsm8k/flexible-extract": 0.25}}}
-    assert objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract"), results) == 0.25
+    one_shot_count = "eval.num_fewshot=[0]"
+    assert objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract", one_shot_count), results) == 0.25
     assert objective(make_cfg(), results) is None
     with pytest.raises(ConfigError, match="available: \\['eval/gsm8k/flexible-extract'\\]"):
-        objective(make_cfg("optimized_metric=eval/gsm8k/strict-match"), results)
+        objective(make_cfg("optimized_metric=eval/gsm8k/strict-match", one_shot_count), results)
+
+
+def test_optuna_voting_metric_resolves_for_any_shot_list_or_fails_before_the_trial(make_cfg):
+    """The default eval scores 0 and 5 shots, so metrics are named gsm8k_0shot/...: the preset's metric used to be
+    'eval/gsm8k/flexible-extract', which no run produces (the trial ran, then failed)."""
+    from crescent.config import ConfigError
+    from crescent.eval.report import metric_dict
+    from crescent.pipeline import check_objective, objective
+
+    cfg = compose_with_hydra(["hparams_search=optuna_voting", "eval.tasks=[gsm8k,asdiv]"])
+    assert list(cfg.eval.num_fewshot) == [0, 5]
+    rows = [{"model": m, "task": t, "num_fewshot": k, "filter": "flexible-extract", "metric": "exact_match",
+             "value": v + k / 100} for m, v in (("base", 0.1), ("trained", 0.3)) for t in ("gsm8k", "asdiv")
+            for k in (0, 5)]
+    assert objective(cfg, {"eval": {"metrics": metric_dict(rows)}}) == pytest.approx(0.3)  # trained, 0-shot
+    one = make_cfg("optimized_metric=eval/gsm8k_0shot/flexible-extract", "eval.num_fewshot=[0]")
+    assert check_objective(one) == "eval/gsm8k/flexible-extract"
+    single = [r for r in rows if r["num_fewshot"] == 0]
+    assert objective(one, {"eval": {"metrics": metric_dict(single)}}) == pytest.approx(0.3)
+    assert check_objective(make_cfg("optimized_metric=eval/delta/gsm8k_5shot/flexible-extract")) == \
+        "eval/delta/gsm8k_5shot/flexible-extract"
+    # names that cannot match fail at validate time, naming the choices
+    with pytest.raises(ConfigError, match=r"gsm8k is scored at \[0, 5\] shots, so its metrics are named "
+                                          r"\['gsm8k_0shot/flexible-extract', 'gsm8k_5shot/flexible-extract'\]"):
+        check_objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract"))
+    with pytest.raises(ConfigError, match="no benchmark 'mmlu'"):
+        check_objective(make_cfg("optimized_metric=eval/mmlu/acc"))
+    with pytest.raises(ConfigError, match=r"scored at \[0\] shots.*\['gsm8k/flexible-extract'\]"):
+        check_objective(make_cfg("optimized_metric=eval/gsm8k_5shot/flexible-extract", "eval.num_fewshot=[0]"))
+    assert check_objective(make_cfg("optimized_metric=train/loss")) == "train/loss"
