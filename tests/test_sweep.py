@@ -192,3 +192,44 @@ def test_optuna_voting_metric_resolves_for_any_shot_list_or_fails_before_the_tri
     with pytest.raises(ConfigError, match=r"scored at \[0\] shots.*\['gsm8k/flexible-extract'\]"):
         check_objective(make_cfg("optimized_metric=eval/gsm8k_5shot/flexible-extract", "eval.num_fewshot=[0]"))
     assert check_objective(make_cfg("optimized_metric=train/loss")) == "train/loss"
+
+
+LONG_OVERRIDES = ["sampling.question.temperature=0.95", "sampling.question.top_p=0.975", "sampling.answer.temperature=0.85",
+                  "sampling.answer.top_p=0.925", "sampling.question.max_new_tokens=123", "dedup.threshold=0.8125",
+                  "train.optimizer.weight_decay=0.0123", "train.optimizer.lr=0.000012345", "train.epochs=3", "train.max_seq_len=1536",
+                  "questions.calls_per_round=17", "questions.max_calls=1234", "sampling.num_questions=4321",
+                  "eval.limit=77", "eval.max_gen_toks=321", "seed=12345"]
+
+
+def test_a_job_with_many_long_overrides_gets_a_short_stable_subdir_and_aggregate_finds_it(tmp_path):
+    """The default subdir used to be <num>_<all overrides>: 'File name too long' past ~14 overrides. Hydra's own
+    launcher builds the job dir here (a task that only records where it ran)."""
+    assert len(",".join(LONG_OVERRIDES)) > 255
+    script = tmp_path / "task.py"
+    script.write_text(
+        "import sys, hydra, crescent\n"
+        "from hydra.core.hydra_config import HydraConfig\n"
+        f"@hydra.main(version_base='1.3', config_path={str(CONF)!r}, config_name='config')\n"
+        "def task(cfg):\n"
+        "    print('JOBDIR', HydraConfig.get().runtime.output_dir)\n"
+        "task()\n")
+    sweep = tmp_path / "sweep"
+    run = lambda: subprocess.run([sys.executable, str(script), "-m", *LONG_OVERRIDES, "voting.k=7,8",
+                                  f"hydra.sweep.dir={sweep}"], capture_output=True, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dirs = [Path(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("JOBDIR ")]
+    assert [d.name.split("_")[0] for d in dirs] == ["0", "1"] and all(len(d.name.encode()) < 32 for d in dirs)
+    assert len({d.name for d in dirs}) == 2
+    import yaml
+
+    assert "train.optimizer.weight_decay=0.0123" in yaml.safe_load((dirs[0] / ".hydra" / "overrides.yaml").read_text())
+    again = run()  # stable: the same overrides give the same folder names
+    assert [line for line in again.stdout.splitlines() if line.startswith("JOBDIR ")] == \
+        [line for line in proc.stdout.splitlines() if line.startswith("JOBDIR ")]
+    for d in dirs:  # a finished job, so aggregation labels it from .hydra/overrides.yaml, not the folder name
+        (d / "status.json").write_text(json.dumps({"status": "ok"}))
+    jobs = load_multirun(sweep)
+    assert [j.params["voting.k"] for j in jobs] == ["7", "8"] and jobs[0].params["eval.limit"] == "77"
+    assert [r["label"] for r in build_table(jobs)["rows"]] == ["voting.k=7", "voting.k=8"]
