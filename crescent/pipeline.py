@@ -59,6 +59,20 @@ STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _ge
 STAGE_RANKS: dict[str, str] = {"generate": "shared", "train": "all", "eval": "rank0", "gap": "rank0"}
 
 
+# Namespaces a stage's metrics already carry (Lightning logs the training module's 'train/loss', 'val/loss' under
+# those names): such keys go to the tracker as they are, the others get '<stage>/' in front.
+OWN_NAMESPACES: dict[str, tuple[str, ...]] = {"train": ("train", "val")}
+
+
+def tracker_keys(stage: str, summary: dict) -> dict[str, float]:
+    """A stage's summary as flat tracker keys: '<stage>/<key>', never '<stage>/<stage>/...' ('train/loss', not
+    'train/train/loss'), and the same names the stage's own logger used during the stage."""
+    from crescent.utils.tracking import flatten
+
+    own = OWN_NAMESPACES.get(stage, (stage,))
+    return {k if k.split("/", 1)[0] in own else f"{stage}/{k}": v for k, v in flatten(summary).items()}
+
+
 class _Status:
     """status.json, written by global rank 0 only; counts its writes (recorded per rank, see dist.record_rank)."""
 
@@ -225,7 +239,7 @@ def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: di
             t0 = time.perf_counter()
             results[stage], record["stages"][stage] = _run_stage(stage, cfg, tracker)
             summary = results[stage].get("counts") or results[stage].get("metrics") or {}
-            tracker.log({stage: summary, f"{stage}_wall_s": time.perf_counter() - t0})
+            tracker.log({**tracker_keys(stage, summary), f"{stage}_wall_s": time.perf_counter() - t0})
             status["done"].append(stage)
             status_file.write(status)
     except BaseException as e:
