@@ -136,15 +136,21 @@ def _run_rounds(cfg: DictConfig) -> dict:
         from crescent.rounds import round_config
 
         return {"rounds": [run(round_config(cfg, r, run_dir)) for r in range(int(cfg.rounds))]}
+    from crescent.rounds import round_axis_metrics
+
     status_file = _Status(run_dir)
     status = {"status": "running", "rounds": int(cfg.rounds), "started": time.time()}
     status_file.write(status)
+    tracker = Tracker(cfg, run_dir)  # one W&B run for the job: every round logs into it, `round` its step axis
     try:
-        result = run_rounds(cfg, run)
+        result = run_rounds(cfg, lambda rcfg: run(rcfg, tracker=tracker),
+                            on_round=lambda s: tracker.log_round(int(s["round"]), round_axis_metrics(s)))
     except BaseException as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         status_file.write(status)
+        tracker.finish(ok=False)
         raise
+    tracker.finish(ok=True)
     status_file.write({**status, "status": "ok", "finished": time.time()})
     log.info("rounds summary: %s", run_dir / "rounds" / "summary.md")
     return {"rounds": result}
@@ -188,12 +194,13 @@ def objective(cfg: DictConfig, results: dict) -> float | None:
     return float(metrics[key])
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
     """Validate, then run cfg.stages in order (cfg.rounds times when > 1, see crescent.rounds).
     Returns {stage: result}. Raises on failure after writing status.json = failed with the traceback.
 
     Rank-aware (see STAGE_RANKS and crescent/utils/dist.py): under Lightning's launcher, torchrun or srun every rank
-    runs this; only global rank 0 writes status.json, summaries and the W&B run."""
+    runs this; only global rank 0 writes status.json, summaries and the W&B run. tracker: an open tracker to log
+    into (the rounds loop's one run per job); by default the job opens and finishes its own."""
     if int(cfg.get("rounds", 1) or 1) > 1:
         return _run_rounds(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -214,7 +221,7 @@ def run(cfg: DictConfig) -> dict:
     previous_launch = dist.export_launch_id()  # the ranks Lightning's launcher starts in trainer.fit inherit it
     record: dict = {"stages": {}, "status": "running"}
     try:
-        return _run_stages(cfg, run_dir, status_file, record)
+        return _run_stages(cfg, run_dir, status_file, record, tracker)
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
         raise
@@ -227,12 +234,13 @@ def run(cfg: DictConfig) -> dict:
         dist.restore_launch_id(previous_launch)
 
 
-def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: dict) -> dict:
+def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: dict,
+                borrowed: Tracker | None = None) -> dict:
     status = {"status": "running", "stages": list(cfg.stages), "done": [], "started": time.time()}
     status_file.write(status)
     if cfg.get("print_config", False) and dist.is_global_zero():
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = Tracker(cfg, run_dir)  # inert on ranks > 0
+    tracker = borrowed or Tracker(cfg, run_dir)  # inert on ranks > 0
     results: dict[str, dict] = {}
     try:
         for stage in cfg.stages:
@@ -245,11 +253,13 @@ def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: di
     except BaseException as e:
         status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         status_file.write(status)
-        tracker.finish(ok=False)
+        if borrowed is None:
+            tracker.finish(ok=False)
         raise
     status.update(status="ok", finished=time.time())
     status_file.write(status)
-    tracker.finish(ok=True)
+    if borrowed is None:
+        tracker.finish(ok=True)
     record["status"] = "ok"
     if dist.is_global_zero():
         print_summary(cfg, results, run_dir)
