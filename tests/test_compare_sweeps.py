@@ -54,6 +54,11 @@ def test_two_sweeps_make_one_table_with_both_sources_and_one_base_row(tmp_path):
     assert set(body["configuration"]) == {"voting.k=1", "voting.k=3", "voting.k=5", "dedup.threshold=0.8",
                                           "dedup.threshold=0.9"}
     assert body.set_index("configuration").loc["dedup.threshold=0.9", "gsm8k 0-shot"] == pytest.approx(0.45)
+    unlabelled = subprocess.run([sys.executable, "experiments/aggregate.py", str(a), str(b), "--out",
+                                 str(tmp_path / "cmp2")], capture_output=True, text=True, cwd=ROOT)
+    assert unlabelled.returncode == 0, unlabelled.stderr[-3000:]
+    df2 = pd.read_csv(tmp_path / "cmp2" / "aggregate.csv")
+    assert list(df2["source"]) == ["sweepA, sweepB"] + ["sweepA"] * 3 + ["sweepB"] * 2
     md = (out / "aggregate.md").read_text()
     assert "| main, ablation" in md and "voting.k=5" in md and "45.0" in md
     assert (out / "aggregate.png").stat().st_size > 0  # one line per source against its swept value

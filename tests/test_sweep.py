@@ -92,6 +92,12 @@ def test_a_2x2_multirun_aggregates_into_a_4_row_table_and_failed_jobs_rerun(tmp_
     body = [line for line in table[2:] if not line.startswith("| base:")]
     assert len(body) == 4 and "train.epochs=1 train.optimizer.lr=0.0001" in body[0]
     assert "arc_challenge 0-shot (%)" in table[0] and (sweep / "aggregate.csv").is_file()
+    # two real jobs' eval/samples_*.jsonl, paired: one row per score, with its CI
+    jobs = load_multirun(sweep)
+    cmp = subprocess.run([sys.executable, "experiments/compare.py", jobs[0].dir, jobs[3].dir, "--n-boot", "200"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    assert "| arc_challenge | 0 | acc | 2 |" in cmp.stdout and "| arc_challenge | 0 | acc_norm | 2 |" in cmp.stdout
     # a job that died: listed, and rerun_failed relaunches exactly it, in its own dir
     jobs = load_multirun(sweep)
     victim = Path(jobs[2].dir)
