@@ -70,7 +70,7 @@ def tracker_keys(stage: str, summary: dict) -> dict[str, float]:
     from crescent.utils.tracking import flatten
 
     own = OWN_NAMESPACES.get(stage, (stage,))
-    return {k if k.split("/", 1)[0] in own else f"{stage}/{k}": v for k, v in flatten(summary).items()}
+    return {k if "/" in k and k.split("/", 1)[0] in own else f"{stage}/{k}": v for k, v in flatten(summary).items()}
 
 
 class _Status:

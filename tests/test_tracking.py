@@ -86,3 +86,4 @@ def test_wandb_metric_keys_are_not_doubled(make_cfg, tmp_path, monkeypatch):
     assert not [k for k in keys if k.startswith(("train/train/", "train/val/"))], sorted(keys)
     assert pipeline.tracker_keys("eval", {"gsm8k/flexible-extract": 0.5}) == {"eval/gsm8k/flexible-extract": 0.5}
     assert pipeline.tracker_keys("generate", {"accepted": 3}) == {"generate/accepted": 3.0}
+    assert pipeline.tracker_keys("gap", {"gap": 0.1, "pass@1": 0.5}) == {"gap/gap": 0.1, "gap/pass@1": 0.5}
