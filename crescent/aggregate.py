@@ -363,7 +363,9 @@ def combined_markdown(df, failed: list[tuple[str, Job]], score: str, mc_metric: 
     for col in [c for c in df.columns if c not in _META and not c.endswith(" std")]:
         shown[f"{col} (%)"] = [_fmt(None if m is None or m != m else (m, None if s is None or s != s else s))
                                for m, s in zip(df[col], df[f"{col} std"])]
-    text = shown.to_markdown(index=False)
+    cols = [str(c) for c in shown.columns]
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    text = "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|", *body])
     text += (f"\n\nScores: `{score}` for generation tasks, `{mc_metric}` for multiple choice; mean ± std over runs "
              "(seeds), in %. Rows `base:` are the untrained student, listed once for every sweep that scored it "
              "the same.\n")
@@ -377,8 +379,11 @@ def combined_markdown(df, failed: list[tuple[str, Job]], score: str, mc_metric: 
 def plot_sources(sources: list[Source], x: str | None, path: Path, score: str = "flexible-extract",
                  mc_metric: str = "acc") -> Path | None:
     """Score vs the swept numeric override (x, or each source's only numeric swept key), one line per source and
-    benchmark column; None when no source has a numeric swept key."""
-    import matplotlib
+    benchmark column; None when no source has a numeric swept key (or matplotlib is not installed)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
