@@ -402,6 +402,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.limit": Rule("null, an integer >= 1, or a fraction in (0, 1]", _limit_ok),
     "eval.batch_size": int_at_least(1),
     "eval.apply_chat_template": boolean(),
+    "eval.chat_template_shots": optional(Rule("an integer >= 0 or a non-empty list of them", _shots_ok)),
     "eval.fewshot_as_multiturn": boolean(),
     "eval.system_instruction": optional(string()),
     "eval.max_gen_toks": int_at_least(1),

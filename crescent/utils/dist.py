@@ -219,12 +219,23 @@ def run_stamp() -> str:
     return _agreed["stamp"]
 
 
+def short_hash(text: object, n: int = 8) -> str:
+    """The first n hex digits of sha256(str(text)) (resolver crescent.short_hash): a sweep job's folder name
+    from its overrides, stable across runs and machines, never too long for the file system."""
+    import hashlib
+
+    return hashlib.sha256(str(text).encode()).hexdigest()[:int(n)]
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("crescent.run_stamp"):
         # use_cache: one value per config object, like Hydra's ${now:}
         OmegaConf.register_new_resolver("crescent.run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("crescent.short_hash"):
+        # ${crescent.short_hash:${hydra.job.override_dirname}}: the sweep subdir (conf/hydra/default.yaml)
+        OmegaConf.register_new_resolver("crescent.short_hash", short_hash)
 
 
 # -------------------------------------------------------------------------------------------- rank-0 results

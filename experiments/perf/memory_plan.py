@@ -83,6 +83,11 @@ KNOWN_SHAPES: dict[str, Shapes] = {
     "Qwen/Qwen2.5-1.5B-Instruct": Shapes(1536, 28, 12, 2, 8960, 151936, True, qkv_bias=True),
     "HuggingFaceTB/SmolLM2-135M-Instruct": Shapes(576, 30, 9, 3, 1536, 49152, True),
 }
+# base models (Mind the Gap): the same shapes as their instruct versions
+KNOWN_SHAPES.update({"meta-llama/Meta-Llama-3-8B": KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B-Instruct"],
+                     "meta-llama/Llama-3.2-1B": KNOWN_SHAPES["meta-llama/Llama-3.2-1B-Instruct"],
+                     "Qwen/Qwen2.5-7B": KNOWN_SHAPES["Qwen/Qwen2.5-7B-Instruct"],
+                     "Qwen/Qwen2.5-1.5B": KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"]})
 SMOLLM2_VOCAB = 49152  # the tiny model uses SmolLM2's tokenizer (crescent/models/tiny.py)
 
 
