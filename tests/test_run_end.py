@@ -2,7 +2,7 @@
 
 - SIGTERM during generate (what `timeout` and SLURM send): status.json failed / terminated / SIGTERM, exit code 143,
   the last line printed names the signal. The deterministic point: this test holds one of generate's unit locks
-  (the verify step's), so the run waits inside the stage, and prints who holds the lock, before the signal.
+  (the first bait unit's), so the run waits inside the stage, and prints who holds the lock, before the signal.
 - A full disk: status.json falls back to a minimal in-place write, or to one stderr line naming ENOSPC and the path;
   the last line of a failed run names the disk-full cause.
 - Locks: the waiter names the holder (pid, host, since) at once and with the time waited, and proceeds after
@@ -73,8 +73,8 @@ def test_sigterm_during_generate_records_failed_terminated_and_exits_143(tmp_pat
 
     args = ["debug=default", "stages=[generate]"]
     workdir = synth_workdir(compose_cfg(args, tmp_path))
-    workdir.mkdir(parents=True)
-    holder = Holder(workdir / "verify", tmp_path)
+    (workdir / "raw").mkdir(parents=True)
+    holder = Holder(workdir / "raw" / "round_00000.json", tmp_path)  # the first bait unit
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "crescent", *args, f"hydra.run.dir={run_dir}",
                              f"paths.synth_cache={tmp_path}/synth_cache"], cwd=ROOT, env=_env(),

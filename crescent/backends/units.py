@@ -131,7 +131,8 @@ def run_units(units: Sequence[Unit], params: SamplingParams, seed: int, stage: t
         for u in _order(units, shard):
             if units[u].path.exists():
                 continue
-            lock = UnitLock(units[u].path)
+            lock = UnitLock(units[u].path, what=f"{units[u].path.parent.name}/{units[u].path.name} (another process "
+                                                 "is generating it)")
             with lock:
                 if not units[u].path.exists():
                     do([u])

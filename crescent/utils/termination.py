@@ -93,6 +93,16 @@ def failure_fields(err: BaseException) -> dict:
     return fields
 
 
+def close_progress_bars() -> None:
+    """Close tqdm bars a failed stage left open, so that none redraws itself after the last line (at exit)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def last_line(err: BaseException, status_path=None) -> str:
     """One line naming the cause of a failed run (what the console script prints last)."""
     where = f" (status: {status_path})" if status_path else ""
