@@ -1,7 +1,10 @@
 """Runs the selected stages for one Hydra job and records status.json."""
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -13,6 +16,7 @@ from crescent.config import ConfigError, validate
 from crescent.utils import dist
 from crescent.utils.io import write_json
 from crescent.utils.summary import print_summary
+from crescent.utils.termination import Terminated, failure_fields, on_signals
 from crescent.utils.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -74,17 +78,41 @@ def tracker_keys(stage: str, summary: dict) -> dict[str, float]:
 
 
 class _Status:
-    """status.json, written by global rank 0 only; counts its writes (recorded per rank, see dist.record_rank)."""
+    """status.json, written by global rank 0 only; counts its writes (recorded per rank, see dist.record_rank).
+
+    A write never raises (it must not hide the error being recorded): when the atomic write fails (a full disk:
+    its temp file cannot be filled), the file is overwritten in place with the minimal record (status, reason,
+    error; truncating frees the old version's blocks first); when that fails too, one stderr line names the errno,
+    the path and the status that could not be recorded."""
+
+    MINIMAL = ("status", "reason", "signal", "errno", "error", "rounds", "stages", "done")
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "status.json"
         self.owner = dist.is_global_zero()
         self.writes = 0
+        self.lost: str | None = None  # the stderr line of the last write that could not land
 
     def write(self, status: dict) -> None:
-        if self.owner:
+        if not self.owner:
+            return
+        try:
             write_json(self.path, status)
             self.writes += 1
+            return
+        except OSError as err:
+            first = err
+        minimal = {k: status[k] for k in self.MINIMAL if k in status}
+        try:
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(minimal, default=str) + "\n")
+            self.writes += 1
+            log.warning("%s: full write failed (%s); wrote the minimal record instead", self.path, first)
+        except OSError as err:
+            name = errno.errorcode.get(err.errno or first.errno or 0, "error")
+            self.lost = (f"crescent: could not write {self.path} ({name}: {err.strerror or err}); the run's status "
+                         f"is {status.get('status')!r}" + (f": {status['error']}" if status.get("error") else ""))
+            print(self.lost, file=sys.stderr, flush=True)
 
 
 def _run_stage(stage: str, cfg: DictConfig, tracker: Tracker) -> tuple[dict, str]:
@@ -143,10 +171,11 @@ def _run_rounds(cfg: DictConfig) -> dict:
     status_file.write(status)
     tracker = Tracker(cfg, run_dir)  # one W&B run for the job: every round logs into it, `round` its step axis
     try:
-        result = run_rounds(cfg, lambda rcfg: run(rcfg, tracker=tracker),
-                            on_round=lambda s: tracker.log_round(int(s["round"]), round_axis_metrics(s)))
+        with on_signals():
+            result = run_rounds(cfg, lambda rcfg: run(rcfg, tracker=tracker),
+                                on_round=lambda s: tracker.log_round(int(s["round"]), round_axis_metrics(s)))
     except BaseException as e:
-        status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        status.update(status="failed", **failure_fields(e), traceback=traceback.format_exc())
         status_file.write(status)
         tracker.finish(ok=False)
         raise
@@ -203,6 +232,11 @@ def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
     into (the rounds loop's one run per job); by default the job opens and finishes its own."""
     if int(cfg.get("rounds", 1) or 1) > 1:
         return _run_rounds(cfg)
+    with on_signals():  # SIGTERM / SIGINT: status.json says failed, reason terminated (crescent/utils/termination.py)
+        return _run(cfg, tracker)
+
+
+def _run(cfg: DictConfig, tracker: Tracker | None) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     status_file = _Status(run_dir)
@@ -212,6 +246,9 @@ def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
         check_objective(cfg)  # a sweep's metric name that cannot match fails now, not after the whole trial
     except ConfigError as e:  # recorded, so sweep aggregation lists the job with its error
         status_file.write({"status": "failed", "error": f"ConfigError: {e}", "stages": []})
+        raise
+    except Terminated as e:
+        status_file.write({"status": "failed", **failure_fields(e), "stages": []})
         raise
     from crescent.utils.io import ensure_writable
 
@@ -224,6 +261,8 @@ def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
         return _run_stages(cfg, run_dir, status_file, record, tracker)
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        if status_file.lost:
+            e.add_note(status_file.lost)
         raise
     finally:
         record["status_writes"] = status_file.writes
@@ -251,7 +290,7 @@ def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: di
             status["done"].append(stage)
             status_file.write(status)
     except BaseException as e:
-        status.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        status.update(status="failed", **failure_fields(e), traceback=traceback.format_exc())
         status_file.write(status)
         if borrowed is None:
             tracker.finish(ok=False)

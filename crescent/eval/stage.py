@@ -110,7 +110,9 @@ def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, bas
     from crescent.eval.tasks import build_task
 
     ec = cfg.eval
-    tasks = [build_task(n, spec, max_gen_toks=int(ec.max_gen_toks), base_dir=base_dir) for n, spec in benchmarks.items()]
+    roots = list(ec.get("data_roots") or [])
+    tasks = [build_task(n, spec, max_gen_toks=int(ec.max_gen_toks), base_dir=base_dir, data_roots=roots)
+             for n, spec in benchmarks.items()]
     raw = harness.evaluate(lm, tasks, shots, {**OmegaConf.to_container(ec, resolve=True),
                                               "apply_chat_template": chat_at(ec, shots)}, ec.limit)
     scoring.warn_exact_misses(raw)  # exact match 0 but answers equal the gold in value: say why
