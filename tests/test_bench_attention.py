@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from crescent.backends.native import FastKernels, load_kernels
 
 PERF = ROOT / "experiments" / "perf"

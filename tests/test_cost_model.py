@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 
 spec = importlib.util.spec_from_file_location("cost_model", ROOT / "experiments" / "perf" / "cost_model.py")
 cost_model = importlib.util.module_from_spec(spec)

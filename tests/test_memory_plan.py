@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 from omegaconf import OmegaConf
 
 spec = importlib.util.spec_from_file_location("memory_plan", ROOT / "experiments" / "perf" / "memory_plan.py")
