@@ -66,9 +66,8 @@ def test_the_command_prints_the_table():
     assert proc.returncode == 1 and "DOES NOT FIT" in proc.stdout
 
 
-def test_the_readme_quotes_the_plan():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("#### GPU memory", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_quote_the_plan():
+    section = (ROOT / "docs" / "scale.md").read_text().split("\n## GPU memory", 1)[1].split("\n## ", 1)[0]
     result = memory_plan.plan(memory_plan.compose(["experiment=crescent_llama3_8b"]))
     assert f"**{result['total'] / GB:.1f}** ({result['margin'] / GB:.1f})" in section
     assert f"| {result['total_checkpointing_off'] / GB:.1f} (out of memory) |" in section

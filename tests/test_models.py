@@ -160,7 +160,7 @@ def test_hub_preset_offline_gives_clear_error_quickly(cache_dir, tmp_path, monke
         pytest.fail(f"tried to connect to {args[1:]} while HF_HUB_OFFLINE=1")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    with pytest.raises(ModelNotAvailableError, match=r"model@teacher\.local_path="):
+    with pytest.raises(ModelNotAvailableError, match=r"`teacher\.local_path="):
         load_tokenizer(cfg, cache_dir)
     with pytest.raises(ModelNotAvailableError, match="llama3_8b_instruct"):
         load_model(cfg, cache_dir)
