@@ -296,7 +296,7 @@ def test_without_the_kernel_source_or_a_compiler_auto_falls_back_to_torch(torch_
     assert "torch fallbacks" in record.getMessage()
     assert ("fast_kernels.c" in record.getMessage()) == (missing == "source")
     assert not (tmp_path / "cache" / "kernels").exists()  # nothing was built
-    assert backend.generate(PROMPTS, SAMPLED, seed=3) == torch_only.generate(PROMPTS, SAMPLED, seed=3)
+    assert backend.generate(PROMPTS[:2], SAMPLED, seed=3) == torch_only.generate(PROMPTS[:2], SAMPLED, seed=3)
     with pytest.raises(RuntimeError, match="backend.kernels=native .* use auto"):
         FastBackend(torch_only.model, torch_only.tokenizer, kernels="native", cache_dir=tmp_path / "cache")
 
