@@ -69,8 +69,9 @@ def test_the_installed_wheel_runs_outside_the_repo(wheel, tmp_path, cache_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", CRESCENT_CACHE=str(cache_dir), WANDB_MODE="disabled")
     code = "import crescent, crescent.cli as c; print(crescent.__file__); print(c.CONF_DIR)"
-    where = subprocess.run([python, "-c", code],
-                           cwd=run_dir, env=env, capture_output=True, text=True, check=True).stdout.split()
+    proc = subprocess.run([python, "-c", code], cwd=run_dir, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where = proc.stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where  # the wheel's package and config tree
     proc = subprocess.run([venv / "bin" / "crescent", "debug=default"], cwd=run_dir, env=env, capture_output=True,
                           text=True, timeout=900)
