@@ -18,8 +18,16 @@ from omegaconf import DictConfig  # noqa: E402
 from crescent.config import ConfigError  # noqa: E402
 
 
-# Absolute, so `crescent`, `python -m crescent` and any cwd find the same config tree.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+def conf_dir() -> Path:
+    """The config tree: `conf/` at the top of a source checkout (editable install), else `crescent/conf/`, where
+    the wheel carries it (setup.py copies it there). Absolute, so any cwd finds the same tree."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "conf"
+    return checkout if (checkout / "config.yaml").is_file() and (package.parent / "setup.cfg").is_file() \
+        else package / "conf"
+
+
+CONF_DIR = str(conf_dir())
 
 
 def main() -> float | None:

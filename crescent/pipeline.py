@@ -150,7 +150,7 @@ def check_launch(cfg: DictConfig) -> None:
     if multirun:
         raise ConfigError(f"trainer.devices={devices} in a -m sweep: Lightning's launcher would re-run the whole sweep "
                           "for every extra rank. Run each job on its own allocation (hydra/launcher=slurm_8gpu, which "
-                          "starts one task per GPU) or launch single jobs with torchrun / srun (README: Multi-GPU and "
+                          "starts one task per GPU) or launch single jobs with torchrun / srun (docs/scale.md: Multi-GPU and "
                           "multi-node)")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SMALL = ["debug=default", "sampling.num_questions=6", "sampling.question.n=4", "questions.calls_per_round=1",
          "questions.max_calls=12", "questions.rounds_per_pass=4", "sampling.answer_chunk=1", "voting.k=2",

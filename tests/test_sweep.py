@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 from crescent.aggregate import (Job, build_table, load_multirun, numeric_keys, rerun_command,
                                 rows_from_wandb_summary, to_markdown)
 from crescent.config import validate

@@ -1,8 +1,11 @@
 """Experiment tracking: one W&B run per job (offline here), finished also on failure; CSV metrics."""
+import subprocess
+
 import pytest
 
 from crescent import pipeline
 from crescent.config import config_hash
+from helpers import ROOT
 
 TINY = ["debug=default", "sampling.num_questions=2", "questions.max_calls=2"]
 
@@ -20,7 +23,8 @@ def test_wandb_offline_run_holds_config_hash_and_commit(make_cfg, tmp_path, monk
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert list(run.glob("run-*.wandb"))  # `wandb sync` uploads this later
     assert seen["config"]["crescent"]["synth_config_hash"] == config_hash(cfg)
-    assert "git_commit" in seen["config"]["crescent"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert seen["config"]["crescent"]["git_commit"] == head.stdout.strip()  # this checkout's commit, not a null
     assert seen["config"]["voting"]["k"] == cfg.voting.k  # the full resolved config
     assert seen["tags"] == ["t1"] and seen["job_type"] == "generate" and seen["mode"] == "offline"
     assert wandb.run is None

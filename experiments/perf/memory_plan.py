@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -272,7 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for the crescent command")
     parser.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU (GB, 1e9 bytes)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--jsonl", action="store_true",
+                        help="plan many configs in one process: one override set per stdin line (as on the command "
+                             "line, added to the positional overrides), one JSON plan per output line")
     args = parser.parse_args(argv)
+    if args.jsonl:
+        for line in sys.stdin:
+            if line.strip():
+                overrides = [*args.overrides, *shlex.split(line)]
+                print(json.dumps({"overrides": overrides, **plan(compose(overrides), args.gpu_gb)}, default=str))
+        return 0
     result = plan(compose(args.overrides), args.gpu_gb)
     print(json.dumps(result, indent=1, default=str) if args.json else table(result))
     return 0 if result["fits"] else 1
