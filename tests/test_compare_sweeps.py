@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from crescent.aggregate import combined_table, load_sources, parse_source
 from crescent.compare import compare, paired_bootstrap
 

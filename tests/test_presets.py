@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 from crescent.config import validate
 
 PAPERS = {"Crescent": "2502.13441", "LMSI": "2210.11610", "Mind the Gap": "2412.02674"}

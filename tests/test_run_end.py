@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_cfg
+from helpers import ROOT, compose_cfg
 from crescent.utils import locks, termination
 from crescent.utils.io import read_json
 
