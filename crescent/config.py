@@ -424,6 +424,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.trained_path": optional(nonempty_str()),
     "eval.log_samples": boolean(),
     "eval.bootstrap_iters": int_at_least(0),
+    "eval.self_consistency.k": maybe(int_at_least(0)), "eval.self_consistency.temperature": maybe(positive()),
     "eval.random_seed": seed_rule(),
     "eval.fewshot_random_seed": seed_rule(),
     "eval.callback.every_n_epochs": int_at_least(0),
