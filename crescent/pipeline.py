@@ -20,13 +20,14 @@ log = logging.getLogger(__name__)
 
 def decontam_test_sets(cfg: DictConfig) -> dict[str, list[tuple[str, str]]]:
     """{benchmark: [(test id, text), ...]} for the decontam step: the test documents of decontam.benchmarks (null:
-    the eval group's, eval.tasks or all of eval.benchmarks), each document's first field in decontam.text_fields.
+    every generation benchmark of eval.benchmarks, whatever eval.tasks runs), each document's first field in
+    decontam.text_fields.
     The test id is the document's `id` when it has one, else its position in the test split. The one place the
     synth stage's decontamination reads benchmark data (handed over here: stages do not import each other)."""
     from crescent.eval.benchmarks import load_docs  # the benchmark loaders (a services module once they move)
 
     benchmarks = OmegaConf.to_container(cfg.eval.benchmarks, resolve=True) or {}
-    names = cfg.decontam.get("benchmarks") or cfg.eval.get("tasks") or list(benchmarks)
+    names = cfg.decontam.get("benchmarks") or [n for n, b in benchmarks.items() if b.get("kind") == "generate"]
     unknown = [n for n in names if n not in benchmarks]
     if unknown:
         raise ConfigError(f"decontam.benchmarks={list(names)!r}: {unknown} not in eval.benchmarks "

@@ -87,3 +87,23 @@ def test_maj_at_k_through_lm_evals_vllm_model(make_cfg, standin):
         ("strict-match-maj@3", "maj@3"), ("flexible-extract-maj@3", "maj@3")}
     samples = list(read_jsonl(run / "samples_base_gsm8k__maj3_0shot.jsonl"))
     assert all(len(s["responses"]) == 3 and len(set(s["responses"])) > 1 for s in samples)
+
+
+def test_aggregate_table_shows_greedy_and_maj_at_k_side_by_side():
+    from crescent.aggregate import Job, build_table, to_markdown
+
+    def row(model, filt, value):
+        return {"model": model, "task": "gsm8k", "num_fewshot": 0, "filter": filt, "metric": "exact_match",
+                "value": value, "stderr": 0.01, "n": 30}
+
+    jobs = [Job(dir=f"j{k}", overrides=[f"voting.k={k}"], status="ok",
+                rows=[row("base", "flexible-extract", 0.1), row("base", "flexible-extract-maj@5", 0.2),
+                      row("trained", "flexible-extract", 0.3 + k / 100), row("trained", "strict-match", 0.0),
+                      row("trained", "flexible-extract-maj@5", 0.4 + k / 100)]) for k in (1, 3)]
+    table = build_table(jobs)
+    assert table["columns"] == ["gsm8k 0-shot", "gsm8k 0-shot maj@5"]
+    cells = {r["label"]: r["cells"] for r in table["rows"]}
+    assert cells["voting.k=3"]["gsm8k 0-shot"][0] == pytest.approx(0.33)
+    assert cells["voting.k=3"]["gsm8k 0-shot maj@5"][0] == pytest.approx(0.43)
+    assert cells["base: student"]["gsm8k 0-shot maj@5"][0] == pytest.approx(0.2)
+    assert "gsm8k 0-shot maj@5" in to_markdown(table)

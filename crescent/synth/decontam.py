@@ -148,7 +148,8 @@ def measure(questions: Sequence[Mapping], test_sets: TestSets, *, n: int = 13,
             pairs.append({**pair(q, k, "ngram", score, True), "shared_ngrams": shared})
             flagged.setdefault(q["id"], set()).add("ngram")
     if embed is not None and items and questions:
-        test_vecs = _vectors([it.text for it in items], embed, cache_dir)
+        test_vecs = np.concatenate([_vectors([it.text for it in items if it.benchmark == b], embed, cache_dir)
+                                    for b in dict.fromkeys(it.benchmark for it in items)])  # cached per benchmark
         idx = DedupIndex(test_vecs.shape[1], backend=index)
         idx.add(test_vecs, [str(i) for i in range(len(items))], [it.text for it in items])
         sims, nearest = idx.nearest(np.asarray(embed([q["text"] for q in questions]), dtype=np.float32))
