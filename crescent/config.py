@@ -235,6 +235,7 @@ RULES: dict[str, Rule] = {
     "sampling.rewrite.n": maybe(Rule("1 (one rewrite per duplicate and attempt)", lambda x: _int(x) and x == 1)),
     **_decoding("sampling.answer", with_n=False),
     "dedup.name": one_of(DEDUP),
+    "decontam.name": maybe(nonempty_str()),
     "decontam.policy": maybe(one_of(DECONTAM_POLICIES)),  # the keys of report/drop: DECONTAM_RULES
     "voting.name": one_of(VOTING),
     "voting.k": int_at_least(1),
