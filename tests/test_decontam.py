@@ -75,9 +75,15 @@ def _run(make_cfg, tmp_path, policy, docs):
     return pipeline.run(cfg)["generate"]
 
 
-def test_pipeline_reports_then_drops_planted_test_questions(make_cfg, tmp_path, gsm8k_head):
+def test_pipeline_reports_then_drops_planted_test_questions(make_cfg, tmp_path, gsm8k_head, monkeypatch):
+    from crescent.utils.tracking import Tracker
+
+    tables = {}
+    monkeypatch.setattr(Tracker, "log_table", lambda self, name, rows, columns: tables.update({name: (rows, columns)}))
     synth = tmp_path / "run" / "synth"
     report = _run(make_cfg, tmp_path, "report", gsm8k_head)
+    rows, columns = tables["synth/contamination"]  # the W&B table: the same pairs
+    assert rows == list(read_jsonl(synth / "contamination.jsonl")) and {"question_id", "test_id", "score"} <= set(columns)
     questions = {q["text"]: q["id"] for q in read_jsonl(synth / "questions.jsonl")}
     assert len(questions) == 6
     pairs = list(read_jsonl(synth / "contamination.jsonl"))
