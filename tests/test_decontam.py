@@ -97,7 +97,8 @@ def test_pipeline_reports_then_drops_planted_test_questions(make_cfg, tmp_path, 
     assert read_json(synth / "manifest.json")["decontam"]["policy"] == "report"
     rows_before = list(read_jsonl(synth / "sft.jsonl"))
 
-    dropped = _run(make_cfg, tmp_path, "drop", gsm8k_head)  # same generation: a cache hit, then the drop
+    monkeypatch.setattr(decontam, "measure", lambda *a, **k: pytest.fail("the report's measurement is cached"))
+    dropped = _run(make_cfg, tmp_path, "drop", gsm8k_head)  # same generation and measurement: cache hits, then the drop
     assert dropped["cache_hit"]
     assert dropped["counts"]["decontam_dropped"] == 2 == dropped["decontam"]["dropped"]
     kept = {q["text"] for q in read_jsonl(synth / "questions.jsonl")}

@@ -179,6 +179,7 @@ def flagged_ids(pairs: Iterable[Mapping]) -> set[str]:
 
 
 def settings(decontam_cfg: Mapping) -> dict:
-    """The keys that change the report (its cache key, with the test sets' digest)."""
-    keys = ("policy", "ngram", "embedding", "threshold", "match_numbers", "top", "text_fields", "benchmarks")
+    """The keys that change the measurement (its cache key, with the test texts); not the policy: drop after
+    report reuses the report's measurement."""
+    keys = ("ngram", "embedding", "threshold", "match_numbers", "top", "text_fields", "benchmarks")
     return {k: decontam_cfg.get(k) for k in keys}
