@@ -109,3 +109,12 @@ def test_pipeline_reports_then_drops_planted_test_questions(make_cfg, tmp_path, 
     assert {a["id"] for a in read_jsonl(synth / "answers.jsonl")} == {questions[t] for t in kept}
     # the cached generation keeps every question (the drop applies to this run's copy)
     assert len(list(read_jsonl(dropped["cache_dir"] + "/questions.jsonl"))) == 6
+
+
+def test_no_test_questions_is_a_config_error_naming_the_keys(make_cfg, tmp_path):
+    from crescent.config import ConfigError
+    from crescent.synth.generate import _decontaminate
+
+    cfg = make_cfg("decontam=report", "decontam.text_fields=[no_such_field]")
+    with pytest.raises(ConfigError, match=r"decontam.text_fields=\['no_such_field'\].*decontam=none"):
+        _decontaminate(cfg, tmp_path, tmp_path, pipeline.decontam_test_sets(cfg))

@@ -229,9 +229,11 @@ def _decontaminate(cfg: DictConfig, workdir: Path, out: Path, test_sets) -> dict
     dc = OmegaConf.to_container(cfg.decontam, resolve=True)
     tests = {b: [(str(i), t) for i, t in rows] for b, rows in (test_sets or {}).items()}
     if not tests:
-        raise ValueError("decontam.policy=%s needs test sets: none of the eval benchmarks "
-                         "(decontam.benchmarks / eval.tasks) has a document field in decontam.text_fields=%s"
-                         % (dc["policy"], dc.get("text_fields")))
+        from crescent.config import ConfigError
+
+        raise ConfigError(f"decontam.policy={dc['policy']} needs test questions, but no test document of "
+                          f"decontam.benchmarks={dc.get('benchmarks')} (null: the generation benchmarks of eval.benchmarks) "
+                          f"has a field in decontam.text_fields={dc.get('text_fields')}: name the field, or decontam=none")
     blob = json.dumps([decontam.settings(dc), tests], sort_keys=True)
     part = workdir / "decontam" / f"{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
     questions = list(read_jsonl(workdir / "questions.jsonl"))
