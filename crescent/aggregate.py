@@ -141,12 +141,14 @@ def label(job: Job, keys: list[str]) -> str:
 
 
 def _score_rows(job: Job, score: str, mc_metric: str) -> dict[tuple[str, str], dict[str, float]]:
-    """{(model, column): value} with column 'task k-shot', keeping one score per task."""
+    """{(model, column): value} with column 'task k-shot', keeping one score per task; a self-consistency score
+    of the same filter ('<score>-maj@k', eval.self_consistency.k) gets its own column 'task k-shot maj@k'."""
     out: dict[tuple[str, str], float] = {}
     for r in job.rows:
-        wanted = r["metric"] == mc_metric if r["filter"] == "none" else r["filter"] == score
+        filt, sep, k = r["filter"].partition("-maj@")
+        wanted = r["metric"] == mc_metric if r["filter"] == "none" else filt == score
         if wanted:
-            out[(r["model"], f"{r['task']} {r['num_fewshot']}-shot")] = r["value"]
+            out[(r["model"], f"{r['task']} {r['num_fewshot']}-shot" + (f" maj@{k}" if sep else ""))] = r["value"]
     return out
 
 
@@ -191,8 +193,10 @@ def _mean(values: list) -> float | None:
 
 
 def _column_order(col: str) -> tuple:
-    task, shots = col.rsplit(" ", 1)
-    return (task, int(shots.split("-")[0]))
+    """'task k-shot' by task then shots; a 'task k-shot maj@m' column right after its greedy one."""
+    head, _, maj = col.partition(" maj@")
+    task, shots = head.rsplit(" ", 1)
+    return (task, int(shots.split("-")[0]), int(maj or 0))
 
 
 def _fmt(cell: tuple[float, float | None] | None) -> str:

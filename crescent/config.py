@@ -193,6 +193,8 @@ def _exemplars_ok(x: Any) -> bool:
 
 PATH = Rule("a non-empty string (a folder path)", _str)
 
+DECONTAM_POLICIES = ("report", "drop", "off")  # decontam.policy
+
 # Root keys and the groups every run uses.
 RULES: dict[str, Rule] = {
     "stages": list_of(STAGES),
@@ -233,6 +235,8 @@ RULES: dict[str, Rule] = {
     "sampling.rewrite.n": maybe(Rule("1 (one rewrite per duplicate and attempt)", lambda x: _int(x) and x == 1)),
     **_decoding("sampling.answer", with_n=False),
     "dedup.name": one_of(DEDUP),
+    "decontam.name": maybe(nonempty_str()),
+    "decontam.policy": maybe(one_of(DECONTAM_POLICIES)),  # the keys of report/drop: DECONTAM_RULES
     "voting.name": one_of(VOTING),
     "voting.k": int_at_least(1),
     "voting.tie": one_of(TIE_POLICIES),
@@ -295,6 +299,12 @@ DEDUP_RULES: dict[str, dict[str, Rule]] = {
         "batch_size": int_at_least(1),
         "rewrite_prompt": template("question", "neighbour"),
     },
+}
+DECONTAM_RULES: dict[str, Rule] = {  # decontam=report|drop (crescent/synth/decontam.py)
+    "decontam.ngram": int_at_least(1), "decontam.embedding": boolean(), "decontam.threshold": float_in(0.0, 1.0),
+    "decontam.match_numbers": boolean(), "decontam.index": one_of(DEDUP_INDEX), "decontam.top": int_at_least(0),
+    "decontam.text_fields": str_list(nonempty=True), "decontam.benchmarks": optional(str_list(nonempty=True)),
+    "decontam.batch_size": int_at_least(1),
 }
 LOGGER_RULES: dict[str, dict[str, Rule]] = {
     "none": {},
@@ -416,6 +426,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.trained_path": optional(nonempty_str()),
     "eval.log_samples": boolean(),
     "eval.bootstrap_iters": int_at_least(0),
+    "eval.self_consistency.k": maybe(int_at_least(0)), "eval.self_consistency.temperature": maybe(positive()),
     "eval.random_seed": seed_rule(),
     "eval.fewshot_random_seed": seed_rule(),
     "eval.callback.every_n_epochs": int_at_least(0),
@@ -896,6 +907,7 @@ def validate(cfg: Mapping, hardware: bool = False) -> None:
         rules.update(_named(cfg, group, tables))
     rules.update(TRAIN_RULES if "train" in run else {})
     rules.update(EVAL_RULES if "eval" in run else {})
+    rules.update(DECONTAM_RULES if get_key(cfg, "decontam.policy") in ("report", "drop") else {})
     errors = rule_errors(cfg, rules) + _model_errors(cfg, "teacher") + _model_errors(cfg, "student")
     errors += _questions_errors(cfg)
     errors += _train_errors(cfg) if "train" in run else []

@@ -22,11 +22,52 @@ from crescent.utils.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
+def decontam_test_sets(cfg: DictConfig) -> dict[str, list[tuple[str, str]]]:
+    """{benchmark: [(test id, text), ...]} for the decontam step: the test documents of decontam.benchmarks (null:
+    every generation benchmark of eval.benchmarks, whatever eval.tasks runs), each document's first field in
+    decontam.text_fields.
+    The test id is the document's `id` when it has one, else its position in the test split. The one place the
+    synth stage's decontamination reads benchmark data (handed over here: stages do not import each other)."""
+    from crescent.eval.benchmarks import load_docs  # the benchmark loaders (a services module once they move)
+
+    benchmarks = OmegaConf.to_container(cfg.eval.benchmarks, resolve=True) or {}
+    names = cfg.decontam.get("benchmarks") or [n for n, b in benchmarks.items() if b.get("kind") == "generate"]
+    unknown = [n for n in names if n not in benchmarks]
+    if unknown:
+        raise ConfigError(f"decontam.benchmarks={list(names)!r}: {unknown} not in eval.benchmarks "
+                          f"(available: {sorted(benchmarks)})")
+    fields = list(cfg.decontam.get("text_fields") or ["question"])
+    out = {}
+    for name in names:
+        rows = []
+        for i, doc in enumerate(load_docs(benchmarks[name], _launch_dir(), list(cfg.eval.get("data_roots") or []))["test"]):
+            text = next((doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f].strip()), None)
+            if text is not None:
+                rows.append((str(doc.get("id", i)), text))
+        if rows:
+            out[name] = rows
+    return out
+
+
+def _launch_dir() -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.cwd
+    except ValueError:
+        return str(Path.cwd())
+
+
 def _generate(cfg: DictConfig, tracker: Tracker) -> dict:
     from crescent.synth.generate import run
     from crescent.utils.io import read_jsonl
 
-    manifest = run(cfg)
+    policy = cfg.get("decontam", {}).get("policy", "off")
+    manifest = run(cfg, test_sets=decontam_test_sets(cfg) if policy != "off" else None)
+    if policy != "off":
+        pairs = list(read_jsonl(Path(cfg.paths.output_dir) / "synth" / "contamination.jsonl"))
+        tracker.log_table("synth/contamination", pairs, ["question_id", "test", "benchmark", "test_id", "score",
+                                                         "flagged", "numbers_match", "question", "test_text"])
     rows = list(read_jsonl(Path(cfg.paths.output_dir) / "synth" / "sft.jsonl"))[:200]
     for r in rows:
         r["response"] = r["messages"][-1]["content"]

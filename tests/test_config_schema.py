@@ -17,7 +17,7 @@ from crescent.config import ConfigError, validate
 
 ALL_STAGES = "stages=[generate,train,eval,gap]"  # every stage, so every conditional rule table is active
 # group dir -> the override that picks its option
-GROUPS = {"backend": "backend", "dedup": "dedup", "eval": "eval", "gap": "gap", "logger": "logger",
+GROUPS = {"backend": "backend", "dedup": "dedup", "decontam": "decontam", "eval": "eval", "gap": "gap", "logger": "logger",
           "model": "model@teacher", "paths": "paths", "questions": "questions", "sampling": "sampling",
           "train": "train", "trainer": "trainer", "verify": "verify", "voting": "voting"}
 NOT_SELECTABLE = {"eval/common"}  # the eval presets' shared base: it has no benchmarks of its own

@@ -165,18 +165,22 @@ def _number(v: Any) -> float | None:
 
 
 def result_rows(raw: Mapping[str, Any], model: str) -> list[dict]:
-    """One row per (task, metric, filter): value, stderr (None when lm-eval gives 'N/A'), n, shots."""
+    """One row per (task, metric, filter): value, stderr (None when lm-eval gives 'N/A'), n, shots, and `decoding`
+    (greedy, or maj@k for a self-consistency task: reported under its benchmark's name with '<filter>-maj@k')."""
+    from crescent.eval.tasks import decoding_of
+
     rows = []
     for task, metrics in raw["results"].items():
         n = raw.get("n-samples", {}).get(task, {}).get("effective")
+        benchmark, decoding = decoding_of(task)
         for key, value in metrics.items():
             if "," not in key or "_stderr," in key or _number(value) is None:
                 continue
             metric, filt = key.split(",", 1)
             rows.append({
-                "model": model, "task": task, "num_fewshot": raw.get("n-shot", {}).get(task), "filter": filt,
+                "model": model, "task": benchmark, "num_fewshot": raw.get("n-shot", {}).get(task), "filter": filt,
                 "metric": metric, "value": _number(value), "stderr": _number(metrics.get(f"{metric}_stderr,{filt}")),
-                "n": n, "task_version": raw.get("versions", {}).get(task),
+                "n": n, "task_version": raw.get("versions", {}).get(task), "decoding": decoding,
             })
     return rows
 
@@ -202,6 +206,9 @@ def sample_rows(raw: Mapping[str, Any], task: str, model: str, num_fewshot: int)
             "target": str(s.get("target")), "prompt": _text(s.get("arguments")),
             "response": _first_response(s.get("resps")), "filters": {},
         })
+        resps = s.get("resps")  # [[r_1, ..., r_k]]: one request, k repeats (self-consistency)
+        if isinstance(resps, list) and len(resps) == 1 and isinstance(resps[0], list) and len(resps[0]) > 1:
+            row["response"], row["responses"] = _first_response(resps[0][0]), [_first_response(r) for r in resps[0]]
         metrics = {k: _number(s[k]) for k in s.get("metrics", []) if k in s}
         row["filters"][s.get("filter", "none")] = {"extracted": _scalar(s.get("filtered_resps")), **metrics}
     return [by_doc[k] for k in sorted(by_doc)]

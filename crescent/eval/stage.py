@@ -107,16 +107,25 @@ def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cach
 
 def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, base_dir: str) -> tuple[dict, dict]:
     from crescent.eval import harness, scoring
-    from crescent.eval.tasks import build_task
+    from crescent.eval.tasks import build_task, self_consistency_task
 
     ec = cfg.eval
     roots = list(ec.get("data_roots") or [])
     tasks = [build_task(n, spec, max_gen_toks=int(ec.max_gen_toks), base_dir=base_dir, data_roots=roots)
              for n, spec in benchmarks.items()]
+    k, temperature = self_consistency(ec)
+    if k:  # maj@k next to greedy: a sampled twin of each generation task (lm-eval's repeats + majority_vote)
+        tasks += [t for t in (self_consistency_task(t, k, temperature) for t in tasks) if t is not None]
     raw = harness.evaluate(lm, tasks, shots, {**OmegaConf.to_container(ec, resolve=True),
                                               "apply_chat_template": chat_at(ec, shots)}, ec.limit)
     scoring.warn_exact_misses(raw)  # exact match 0 but answers equal the gold in value: say why
-    return raw, {n: harness.sample_rows(raw, n, tag, shots) for n in benchmarks}
+    return raw, {t["task"]: harness.sample_rows(raw, t["task"], tag, shots) for t in tasks}
+
+
+def self_consistency(eval_cfg: DictConfig) -> tuple[int, float]:
+    """(k, temperature) of eval.self_consistency; k=0: off."""
+    sc = eval_cfg.get("self_consistency") or {}
+    return int(sc.get("k") or 0), float(sc.get("temperature", 0.7))
 
 
 def _launch_dir() -> str:
@@ -144,6 +153,9 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     engine = ec.get("engine") or "hf"
     if engine != "hf":  # hf runs keep their unit keys; another engine scores as new units
         settings.update(engine=engine, vllm=OmegaConf.to_container(ec.vllm, resolve=True))
+    k, temperature = self_consistency(ec)
+    if k:  # runs without it keep their unit keys
+        settings["self_consistency"] = {"k": k, "temperature": temperature}
     rows: list[dict] = []
     samples_written = []
     for tag, model_cfg in models.items():

@@ -192,3 +192,31 @@ def filter_names(task: Mapping[str, Any]) -> list[str]:
     """The filter names results are reported under ('none' for multiple-choice tasks)."""
     return [f["name"] for f in task.get("filter_list") or []] or ["none"]
 
+
+
+SC_SEP = "__maj"  # the lm-eval task name of a benchmark's self-consistency run: '<name>__maj<k>'
+
+
+def self_consistency_task(task: Mapping[str, Any], k: int, temperature: float) -> dict | None:
+    """The self-consistency twin of a greedy generation task, in the shape of lm-eval's own
+    gsm8k-cot-self-consistency.yaml: `repeats: k` sampled responses per document (do_sample, temperature), and per
+    answer filter its extraction steps, then lm-eval's `majority_vote` and `take_first`, named '<filter>-maj@<k>'.
+    None for tasks it does not apply to: multiple choice, or a benchmark scored by its own process_results (the
+    extraction lives there, so there is no extracted answer to vote on)."""
+    if task.get("output_type") != "generate_until" or "process_results" in task:
+        return None
+    filters = []
+    for entry in task.get("filter_list") or [filter_entry("none")]:
+        steps = [s for s in entry["filter"] if s["function"] != "take_first"]
+        filters.append({"name": f"{entry['name']}-maj@{k}",
+                        "filter": [*steps, {"function": "majority_vote"}, {"function": "take_first"}]})
+    return {**task, "task": f"{task['task']}{SC_SEP}{k}", "repeats": int(k), "filter_list": filters,
+            "generation_kwargs": {**task["generation_kwargs"], "do_sample": True, "temperature": float(temperature)}}
+
+
+def decoding_of(task_name: str) -> tuple[str, str]:
+    """(benchmark name, decoding) of an lm-eval task name: ('gsm8k', 'greedy') or ('gsm8k', 'maj@5')."""
+    base, sep, k = task_name.rpartition(SC_SEP)
+    if sep and base and k.isdigit():
+        return base, f"maj@{k}"
+    return task_name, "greedy"

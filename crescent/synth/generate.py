@@ -216,8 +216,65 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
     return manifest
 
 
-def run(cfg: DictConfig) -> dict:
+def _decontaminate(cfg: DictConfig, workdir: Path, out: Path, test_sets) -> dict:
+    """The decontam step on the final questions (crescent.synth.decontam): the report is cached in the generation
+    folder under a key of its own (decontam settings + the test texts), so the generation cache key ignores it.
+    policy=drop removes the flagged questions from this run's synth/ copy (questions, answers, sft rows)."""
+    import hashlib
+    import json
+
+    from crescent.synth import decontam
+    from crescent.utils.io import read_jsonl
+
+    dc = OmegaConf.to_container(cfg.decontam, resolve=True)
+    tests = {b: [(str(i), t) for i, t in rows] for b, rows in (test_sets or {}).items()}
+    if not tests:
+        from crescent.config import ConfigError
+
+        raise ConfigError(f"decontam.policy={dc['policy']} needs test questions, but no test document of "
+                          f"decontam.benchmarks={dc.get('benchmarks')} (null: the generation benchmarks of eval.benchmarks) "
+                          f"has a field in decontam.text_fields={dc.get('text_fields')}: name the field, or decontam=none")
+    blob = json.dumps([decontam.settings(dc), tests], sort_keys=True)
+    part = workdir / "decontam" / f"{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+    questions = list(read_jsonl(workdir / "questions.jsonl"))
+    if part.is_file():
+        report = read_json(part)
+    else:
+        embed = None
+        if dc.get("embedding", True):
+            from crescent.synth.embed import get_embedder
+
+            embed = get_embedder(batch_size=int(dc.get("batch_size") or 128)).encode
+        pairs, counts = decontam.measure(
+            questions, tests, n=int(dc["ngram"]), embed=embed, threshold=float(dc["threshold"]),
+            match_numbers=bool(dc.get("match_numbers", True)), index=str(dc.get("index") or "auto"),
+            cache_dir=cfg.paths.synth_cache, top=int(dc.get("top", 20)))
+        report = {"pairs": pairs, "counts": counts}
+        write_json(part, report)
+    pairs, counts = report["pairs"], dict(report["counts"])
+    bad = decontam.flagged_ids(pairs)
+    counts.update(policy=dc["policy"], dropped=0, dropped_rows=0)
+    if dc["policy"] == "drop" and bad:
+        texts = {q["text"] for q in questions if q["id"] in bad}
+        for name, keep in (("questions.jsonl", lambda r: r["id"] not in bad),
+                           ("answers.jsonl", lambda r: r["id"] not in bad),
+                           ("sft.jsonl", lambda r: r["question"] not in texts)):
+            rows = list(read_jsonl(out / name))
+            kept = [r for r in rows if keep(r)]
+            write_jsonl(out / name, kept)
+            if name == "questions.jsonl":
+                counts["dropped"] = len(rows) - len(kept)
+            if name == "sft.jsonl":
+                counts["dropped_rows"] = len(rows) - len(kept)
+    write_jsonl(out / "contamination.jsonl", pairs)
+    return counts
+
+
+def run(cfg: DictConfig, test_sets=None) -> dict:
     """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. Returns the manifest.
+
+    test_sets ({benchmark: [(test id, question text), ...]}, handed over by the pipeline) feed the decontam step
+    when decontam.policy is report or drop.
 
     No lock is held for the whole stage: each unit of work has its own (crescent.utils.locks), so jobs sharing
     the config hash (a sweep, array tasks with backend.shard=i/N, backend.data_parallel_size workers) split the
@@ -247,6 +304,11 @@ def run(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
         copy_file(workdir / name, out / name)
+    policy = cfg.get("decontam", {}).get("policy", "off")
+    if policy != "off":
+        manifest["decontam"] = _decontaminate(cfg, workdir, out, test_sets)
+        for key in ("checked", "flagged_ngram", "flagged_embedding", "dropped"):
+            manifest["counts"][f"decontam_{key}"] = manifest["decontam"][key]
     manifest["cache_dir"] = str(workdir)
     manifest["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "manifest.json", manifest)

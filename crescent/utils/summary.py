@@ -25,6 +25,10 @@ def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
         for key in sorted(k for k in c if k.startswith("dropped_")):
             t.add_row(f"  {key.replace('_', ' ')}", str(c[key]))
         t.add_row("SFT rows kept", str(c["kept"]))
+        dc = gen.get("decontam")
+        if dc:
+            t.add_row(f"decontam ({dc['policy']}): checked / flagged 13-gram / embedding / dropped",
+                      f"{dc['checked']} / {dc['flagged_ngram']} / {dc['flagged_embedding']} / {dc['dropped']}")
         secs = gen.get("timings_s", {})
         t.add_row("time questions / answers (s)", f"{secs.get('questions', 0)} / {secs.get('answers', 0)}")
         console.print(t)
