@@ -71,7 +71,7 @@ def _run(make_cfg, tmp_path, policy, docs):
                    f"questions.dataset.path={data}", "questions.formats=[cot_zeroshot]", "sampling.num_questions=6",
                    "voting.k=1", f"decontam={policy}", "+eval/benchmark@eval.benchmarks.gsm8k_head=gsm8k",
                    "eval.benchmarks.gsm8k_head.loader=file", f"+eval.benchmarks.gsm8k_head.path={head}",
-                   "decontam.benchmarks=[gsm8k_head]")
+                   "decontam.benchmarks=[gsm8k_head]", f"eval.data_roots=[{tmp_path}]")
     return pipeline.run(cfg)["generate"]
 
 
