@@ -110,7 +110,7 @@ def test_paper_budget_engine_calls_grow_with_passes_not_questions(fake_vllm, tmp
     from crescent.synth.questions import engine_call_bound
 
     monkeypatch.setattr(embed, "get_embedder", lambda **kw: HashEmbedder())
-    cfg = _cfg(tmp_path, "experiment=crescent_llama3_8b", "logger=none", "dedup.index=hnsw")
+    cfg = _cfg(tmp_path, "experiment=crescent_llama3_8b", "logger=none", "dedup.index=hnsw", "decontam=none")
     assert cfg.questions.max_calls == 550 and cfg.sampling.question.n == 100
     manifest = generate.run(cfg)
     bound = engine_call_bound(cfg)
