@@ -233,6 +233,31 @@ def to_csv(table: dict) -> str:
     return buf.getvalue()
 
 
+def _final_scores(job: Job, score: str, mc_metric: str) -> list[tuple[str, float]]:
+    """(column, value) of the job's final model: the trained one when the job scored it, else the base."""
+    scores = _score_rows(job, score, mc_metric)
+    final = "trained" if any(m == "trained" for m, _ in scores) else "base"
+    return [(col, v) for (model, col), v in scores.items() if model == final]
+
+
+def _draw(plt, lines: dict[str, dict[float, list[float]]], path: Path, xlabel: str, ylabel: str,
+          figsize: tuple[float, float], fontsize: int) -> None:
+    """One line per name: mean ± std (in %) of its values at each x."""
+    fig, ax = plt.subplots(figsize=figsize)
+    for name, by_x in sorted(lines.items()):
+        xs = sorted(by_x)
+        stats = [mean_std(by_x[v]) for v in xs]
+        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats], marker="o", capsize=3,
+                    label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=fontsize)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(jobs: list[Job], table: dict, x: str, path: Path) -> Path | None:
     """Score vs the numeric override `x` (mean ± std over seeds), one line per benchmark column."""
     import matplotlib
@@ -248,26 +273,11 @@ def plot(jobs: list[Job], table: dict, x: str, path: Path) -> Path | None:
             xv = float(j.params[x])
         except ValueError:
             return None
-        scores = _score_rows(j, table["score"], table["mc_metric"])
-        final = "trained" if any(m == "trained" for m, _ in scores) else "base"
-        for (model, col), v in scores.items():
-            if model == final:
-                points.setdefault(col, {}).setdefault(xv, []).append(v)
+        for col, v in _final_scores(j, table["score"], table["mc_metric"]):
+            points.setdefault(col, {}).setdefault(xv, []).append(v)
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for col, by_x in sorted(points.items()):
-        xs = sorted(by_x)
-        stats = [mean_std(by_x[v]) for v in xs]
-        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats], marker="o", capsize=3,
-                    label=col)
-    ax.set_xlabel(x)
-    ax.set_ylabel(f"score (%), {table['score']} / {table['mc_metric']}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _draw(plt, points, path, x, f"score (%), {table['score']} / {table['mc_metric']}", (6, 4), 8)
     return path
 
 
@@ -406,25 +416,10 @@ def plot_sources(sources: list[Source], x: str | None, path: Path, score: str = 
                 xv = float(j.params[key])
             except ValueError:
                 continue
-            scores = _score_rows(j, score, mc_metric)
-            final = "trained" if any(m == "trained" for m, _ in scores) else "base"
-            for (model, col), v in scores.items():
-                if model == final:
-                    lines.setdefault(f"{src.label}: {col}", {}).setdefault(xv, []).append(v)
-                    xlabels.append(key)
+            for col, v in _final_scores(j, score, mc_metric):
+                lines.setdefault(f"{src.label}: {col}", {}).setdefault(xv, []).append(v)
+                xlabels.append(key)
     if not lines:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, by_x in sorted(lines.items()):
-        xs = sorted(by_x)
-        stats = [mean_std(by_x[v]) for v in xs]
-        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats], marker="o", capsize=3,
-                    label=name)
-    ax.set_xlabel(" / ".join(dict.fromkeys(xlabels)))
-    ax.set_ylabel(f"score (%), {score} / {mc_metric}")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _draw(plt, lines, path, " / ".join(dict.fromkeys(xlabels)), f"score (%), {score} / {mc_metric}", (6.5, 4), 7)
     return path

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from crescent.config import ConfigError, validate
 from crescent.utils import dist
 from crescent.utils.io import write_json
+from crescent.utils.paths import launch_dir
 from crescent.utils.summary import print_summary
 from crescent.utils.termination import Terminated, failure_fields, on_signals
 from crescent.utils.tracking import Tracker
@@ -40,22 +41,13 @@ def decontam_test_sets(cfg: DictConfig) -> dict[str, list[tuple[str, str]]]:
     out = {}
     for name in names:
         rows = []
-        for i, doc in enumerate(load_docs(benchmarks[name], _launch_dir(), list(cfg.eval.get("data_roots") or []))["test"]):
+        for i, doc in enumerate(load_docs(benchmarks[name], launch_dir(), list(cfg.eval.get("data_roots") or []))["test"]):
             text = next((doc[f] for f in fields if isinstance(doc.get(f), str) and doc[f].strip()), None)
             if text is not None:
                 rows.append((str(doc.get("id", i)), text))
         if rows:
             out[name] = rows
     return out
-
-
-def _launch_dir() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.cwd
-    except ValueError:
-        return str(Path.cwd())
 
 
 def _generate(cfg: DictConfig, tracker: Tracker) -> dict:

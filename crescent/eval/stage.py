@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crescent.config import ConfigError
 from crescent.utils.io import read_json, write_json, write_jsonl
+from crescent.utils.paths import launch_dir
 
 log = logging.getLogger(__name__)
 # settings that change scores (recorded in results.json, part of each unit's cache key)
@@ -128,15 +129,6 @@ def self_consistency(eval_cfg: DictConfig) -> tuple[int, float]:
     return int(sc.get("k") or 0), float(sc.get("temperature", 0.7))
 
 
-def _launch_dir() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.cwd
-    except ValueError:
-        return str(Path.cwd())
-
-
 def run(cfg: DictConfig, tracker=None) -> dict:
     from crescent.eval import harness, report
     from crescent.utils import dist
@@ -170,7 +162,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
             if lm is None:
                 lm = _load_lm(model_cfg, cfg)
             log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(unit))
-            raw, samples = _score_unit(lm, tag, unit, shots, cfg, _launch_dir())
+            raw, samples = _score_unit(lm, tag, unit, shots, cfg, launch_dir())
             unit_rows = harness.result_rows(raw, tag)
             for task, task_samples in samples.items():
                 path = out / f"samples_{tag}_{task}_{shots}shot.jsonl"

@@ -28,6 +28,7 @@ from crescent.gap.checks import stage_errors
 from crescent.gap.report import markdown, print_table
 from crescent.synth.voting import answers_equal, extract_answer
 from crescent.utils.io import read_json, write_json, write_jsonl
+from crescent.utils.paths import launch_dir
 from crescent.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ _NON_DATA = ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforc
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def _launch_dir() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.cwd
-    except ValueError:
-        return str(Path.cwd())
 
 
 def sample_key(cfg: DictConfig, limit: Any) -> str:
@@ -108,7 +100,7 @@ def _questions(cfg: DictConfig, gc: dict) -> dict:
     """The benchmark questions with a numeric gold answer, their prompts and ids (index in the limited list)."""
     bench = gc["benchmark"]
     limit = gc["limit"] if gc.get("limit") is not None else (cfg.get("eval") or {}).get("limit")
-    docs = load_docs(bench, _launch_dir(), list((cfg.get("eval") or {}).get("data_roots") or []))
+    docs = load_docs(bench, launch_dir(), list((cfg.get("eval") or {}).get("data_roots") or []))
     test = gp.limit_docs(docs["test"], limit)
     pool = docs["fewshot"] or docs["test"]
     golds = [gp.gold_answer(d, bench) for d in test]

@@ -21,6 +21,17 @@ class PathNotAllowedError(ValueError):
     """A path in a benchmark file that leads outside the launch directory and eval.data_roots."""
 
 
+def launch_dir() -> str:
+    """The directory crescent was launched from (Hydra's runtime.cwd; the process's cwd outside a Hydra job): where
+    relative benchmark paths resolve."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.cwd
+    except ValueError:
+        return str(Path.cwd())
+
+
 def resolve(value: str | Path, base_dir: str | Path) -> Path:
     """`value` with ~ expanded; a relative path joined to base_dir."""
     p = Path(value).expanduser()
