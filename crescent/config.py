@@ -495,7 +495,7 @@ EXACT_MATCH_RULES: dict[str, Rule] = {  # lm-eval exact_match options a benchmar
 
 def benchmark_errors(spec: Any, key: str) -> list[str]:
     """One benchmark config (eval.benchmarks.<name>, gap.benchmark): fields, loader, files, answer."""
-    from crescent.eval.benchmarks import SHIPPED
+    from crescent.data.benchmarks import SHIPPED
     from crescent.eval.tasks import ALLOWED_PY, FILTERS
 
     if not isinstance(spec, dict):
@@ -540,7 +540,7 @@ def benchmark_errors(spec: Any, key: str) -> list[str]:
 
 def _user_data_errors(spec: Any, key: str) -> list[str]:
     """A selected benchmark whose data cannot ship (MNLI, DROP) needs the user's file before any model loads."""
-    from crescent.eval.benchmarks import DATA_DIR, USER_DATA
+    from crescent.data.benchmarks import DATA_DIR, USER_DATA
 
     if not isinstance(spec, dict) or spec.get("loader") not in ("mnli", "drop"):
         return []
@@ -550,7 +550,7 @@ def _user_data_errors(spec: Any, key: str) -> list[str]:
     if _str(path) and Path(path).expanduser().is_file():
         return []
     return [f"  {key}.loader_options.path={options.get('path')!r} is invalid: {path} does not exist; this benchmark's "
-            "data cannot ship with crescent: put the canonical file there (crescent/eval/data/README.md), set "
+            "data cannot ship with crescent: put the canonical file there (crescent/data/README.md), set "
             f"{key}.loader_options.path, or leave {key.rsplit('.', 1)[-1]} out of eval.tasks"]
 
 

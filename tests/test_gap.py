@@ -178,7 +178,7 @@ def test_limit_and_exemplars():
 
 
 def test_gsm8k_prompt_from_the_shipped_config():
-    from crescent.eval.benchmarks import load_docs
+    from crescent.data.benchmarks import load_docs
 
     cfg = compose_cfg([])
     bench = dict(cfg.gap.benchmark)

@@ -25,7 +25,7 @@ from crescent.eval.tasks import ANSWER_IS, BOXED, EXACT_MATCH, FILTERS, FLEXIBLE
 from crescent.synth.clean import REASONS, _clean, clean_question
 from crescent.synth.prompts import fill
 from crescent.synth.sources import answer_prompt
-from crescent.synth.voting import (INVALID_REASONS, answers_equal, extract_answer, is_canonical, majority_vote,
+from crescent.answers import (INVALID_REASONS, answers_equal, extract_answer, is_canonical, majority_vote,
                                    parse_answer)
 from crescent.utils.io import read_jsonl
 

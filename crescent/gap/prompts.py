@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from crescent.backends.base import Prompt
-from crescent.synth.voting import extract_answer
+from crescent.answers import extract_answer
 from crescent.utils.seeding import derive_seed
 
 

@@ -9,36 +9,32 @@ killed run resumes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crescent.backends.base import SamplingParams
 from crescent.config import ConfigError
-from crescent.eval.benchmarks import load_docs
+from crescent.data.benchmarks import load_docs
 from crescent.gap import metrics as gm
 from crescent.gap import prompts as gp
 from crescent.gap.checks import stage_errors
 from crescent.gap.report import markdown, print_table
-from crescent.synth.voting import answers_equal, extract_answer
+from crescent.answers import answers_equal, extract_answer
+from crescent.utils.hashing import plain, stable_hash
 from crescent.utils.io import read_json, write_json, write_jsonl
 from crescent.utils.seeding import derive_seed
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 GAP_CODE_VERSION = 1  # bump when sampling prompts or their rendering change
 _SAMPLING_KEYS = ("benchmark", "n_samples", "temperature", "top_p", "max_new_tokens", "num_fewshot", "chat", "chunk")
 _NON_DATA = ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def _launch_dir() -> str:
@@ -52,11 +48,11 @@ def _launch_dir() -> str:
 
 def sample_key(cfg: DictConfig, limit: Any) -> str:
     """Hash of everything that determines the sampled responses."""
-    gap = _plain(cfg.gap)
-    blob = {"teacher": _plain(cfg.teacher), "limit": limit, "seed": cfg.seed, "version": GAP_CODE_VERSION,
-            "backend": {k: v for k, v in _plain(cfg.backend).items() if k not in _NON_DATA},
+    gap = plain(cfg.gap)
+    blob = {"teacher": plain(cfg.teacher), "limit": limit, "seed": cfg.seed, "version": GAP_CODE_VERSION,
+            "backend": {k: v for k, v in plain(cfg.backend).items() if k not in _NON_DATA},
             **{k: gap.get(k) for k in _SAMPLING_KEYS}}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(blob)
 
 
 def _sample(cfg: DictConfig, prompts: list, ids: list, workdir: Path, get_backend) -> list[list[str]]:
@@ -147,15 +143,16 @@ def _write(out: Path, result: dict, rows: list[dict], rejections: list[dict], tr
     return table
 
 
-def run(cfg: DictConfig, tracker=None) -> dict:
-    """Run the gap measurement; returns {"metrics": {name: float}, "results": path, "summary": markdown, "wall_s"}
-    (the pipeline logs the metrics as gap/<name>)."""
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Run the gap measurement: metrics {name: float} (the pipeline logs them as gap/<name>), artifacts
+    {"results": gap/results.json}, record {"summary": markdown, "wall_s"}."""
+    tracker = ctx.tracker if ctx is not None else None
     errors = stage_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(errors))
     t0 = time.perf_counter()
-    gc = _plain(cfg.gap)
-    vcfg = _plain(cfg.get("verify")) or {"name": "none"}
+    gc = plain(cfg.gap)
+    vcfg = plain(cfg.get("verify")) or {"name": "none"}
     vname = vcfg.get("name", "none")
     out = Path(cfg.paths.output_dir) / "gap"
     q = _questions(cfg, gc)
@@ -214,5 +211,5 @@ def run(cfg: DictConfig, tracker=None) -> dict:
              "relative_gap": t["relative"], "verifier": d}
             for it, g, c, sc, k, t, d in zip(items, q["golds"], correct, vres.scores, vres.kept, per_q, vres.details)]
     table = _write(out, result, rows, vres.rejections, tracker)
-    return {"metrics": metrics, "results": str(out / "results.json"), "summary": table,
-            "wall_s": result["timings_s"]["total"]}
+    return StageResult(metrics=metrics, artifacts={"results": str(out / "results.json")},
+                       record={"summary": table, "wall_s": result["timings_s"]["total"]})

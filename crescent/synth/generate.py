@@ -23,6 +23,7 @@ from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
 from crescent.synth.verified import verify_answers
 from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("manifest.json", "questions.jsonl", "sft.jsonl", "rejections.jsonl", "answers.jsonl")
@@ -216,8 +217,9 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
     return manifest
 
 
-def run(cfg: DictConfig) -> dict:
-    """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. Returns the manifest.
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. The result's counts are the
+    manifest's, its artifacts the SFT rows (sft), the manifest and the cache folder, its record the manifest.
 
     No lock is held for the whole stage: each unit of work has its own (crescent.backends.locks), so jobs sharing
     the config hash (a sweep, array tasks with backend.shard=i/N, backend.data_parallel_size workers) split the
@@ -250,4 +252,6 @@ def run(cfg: DictConfig) -> dict:
     manifest["cache_dir"] = str(workdir)
     manifest["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "manifest.json", manifest)
-    return manifest
+    return StageResult(counts=manifest["counts"], record=manifest,
+                       artifacts={"sft": str(out / "sft.jsonl"), "questions": str(out / "questions.jsonl"),
+                                  "manifest": str(out / "manifest.json"), "cache_dir": str(workdir)})

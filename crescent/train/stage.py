@@ -8,25 +8,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.config import ConfigError, config_hash
+from crescent.config import ConfigError
 from crescent.utils.io import read_json, write_json
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 
-def training_data(cfg: DictConfig) -> Path:
-    """train.data, else this run's synth/sft.jsonl, else the cached data of this generation config."""
+def training_data(cfg: DictConfig, ctx: StageContext | None) -> Path:
+    """train.data, else the SFT rows the pipeline found for this run (ctx.data_path: see crescent.pipeline)."""
     if cfg.train.data:
         path = Path(cfg.train.data)
         if not path.is_file():
             raise ConfigError(f"train.data={cfg.train.data!r}: no such file")
         return path
-    for path in (Path(cfg.paths.output_dir) / "synth" / "sft.jsonl",
-                 Path(cfg.paths.synth_cache) / config_hash(cfg) / "sft.jsonl"):
-        if path.is_file():
-            return path
+    if ctx is not None and ctx.data_path is not None and Path(ctx.data_path).is_file():
+        return Path(ctx.data_path)
     raise ConfigError("train.data is null and there is no synthetic data for this config yet: "
                       "run stages=[generate,train] or set train.data=PATH/TO/sft.jsonl")
+
+
+def _result(record: dict) -> StageResult:
+    return StageResult(metrics=record["metrics"], record=record,
+                       artifacts={"export": record["export"], "data": record["data"]})
 
 
 def _lightning_logger(cfg: DictConfig, run_dir: Path, tracker):
@@ -69,7 +73,9 @@ def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
     return result if result.get("fingerprint") == fingerprint["hash"] else None
 
 
-def run(cfg: DictConfig, tracker=None) -> dict:
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Train on ctx.data_path (or train.data) with ctx.callbacks; hf_export/ and train_result.json in the run dir.
+    The result's metrics are the trainer's last logged ones, its record train_result.json."""
     import lightning as L
 
     from crescent.models.loading import load_model_and_tokenizer
@@ -84,7 +90,8 @@ def run(cfg: DictConfig, tracker=None) -> dict:
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    data_path = training_data(cfg)
+    data_path = training_data(cfg, ctx)
+    tracker = ctx.tracker if ctx is not None else None
     tc = cfg.train
     fingerprint = train_fingerprint(cfg, data_path)
 
@@ -101,7 +108,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     if decision["done"] is not None:
         log.info("train: %s already holds this training config's result: not training again "
                  "(train.resume=false retrains)", run_dir / "hf_export")
-        return decision["done"]
+        return _result(decision["done"])
     L.seed_everything(int(tc.seed), workers=True, verbose=False)
     tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, **student_load_kwargs(cfg))
     if gradient_checkpointing_on(cfg):
@@ -109,9 +116,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     if tc.lora:
         model = apply_lora(model, tc.lora)
     teacher = _load_teacher(cfg, tokenizer)
-    from crescent.eval.callback import eval_callbacks
-
-    trainer, plan = build_trainer(cfg, run_dir, callbacks=eval_callbacks(cfg, str(Path.cwd())),
+    trainer, plan = build_trainer(cfg, run_dir, callbacks=list(ctx.callbacks) if ctx is not None else [],
                                   logger=_lightning_logger(cfg, run_dir, tracker))
     data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
                          micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
@@ -141,4 +146,4 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "train_result.json", result)
-    return result
+    return _result(result)

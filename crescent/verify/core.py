@@ -5,8 +5,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from crescent.utils.hashing import plain
 from crescent.utils.seeding import derive_seed
 from crescent.verify.filters import keep_mask
 from crescent.verify.verifiers import VERIFIERS, Judgement
@@ -28,7 +29,7 @@ class VerifyResult:
 def _plain(cfg: Mapping[str, Any] | DictConfig | None) -> dict:
     if cfg is None:
         return {"name": "none"}
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return dict(plain(cfg))
 
 
 def _single(judge, items, vcfg: dict, seed: int) -> tuple[list[list[Judgement]], list[list[bool]], list[list[str | None]]]:
