@@ -19,6 +19,8 @@ from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from crescent.synth.formats import FORMATS
+from crescent.utils.hashing import without_targets
+from crescent.utils.targets import user_target
 
 STAGES = ("generate", "train", "eval", "gap")
 TRAIN = ("sft", "distil", "lora")
@@ -888,6 +890,8 @@ def validate(cfg: Mapping, hardware: bool = False) -> None:
         rules.update({**_prefixed(who, MODEL_COMMON), **_named(cfg, who, MODEL_RULES, field="source")})
     for group, tables in (("backend", BACKEND_RULES), ("dedup", DEDUP_RULES), ("logger", LOGGER_RULES)):
         rules.update(_named(cfg, group, tables))
+    if user_target(get_key(cfg, "backend")):  # a backend of the user's own (_target_ outside crescent): its own names
+        rules.pop("backend.name", None)
     rules.update(TRAIN_RULES if "train" in run else {})
     rules.update(EVAL_RULES if "eval" in run else {})
     errors = rule_errors(cfg, rules) + _model_errors(cfg, "teacher") + _model_errors(cfg, "student")
@@ -921,7 +925,7 @@ def synth_config(cfg: DictConfig) -> dict:
             value = {k: v for k, v in value.items() if k not in _NON_DATA.get(key, ())}
         if key == "verify" and (value is MISSING or value is None or value.get("name") == "none"):
             continue  # no verification: same data (and cache key) as before the verify group existed
-        out[key] = None if value is MISSING else value
+        out[key] = None if value is MISSING else without_targets(value)  # _target_: construction, not data
     out["synth_code_version"] = SYNTH_CODE_VERSION
     return out
 

@@ -10,6 +10,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crescent.utils.io import read_json, write_json
+from crescent.utils.stage import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ def round_summary(r: int, round_dir: Path) -> dict:
     return summary
 
 
-def run_rounds(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
-    """Runs the rounds (finished ones, status ok, are reused) and writes rounds/summary.*."""
+def run_rounds(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> StageResult:
+    """Runs the rounds (finished ones, status ok, are reused) and writes rounds/summary.*. The result's metrics are
+    round<r>/<eval metric> and round<r>/distinct_2 (optimized_metric='rounds/round1/...'), its record the summaries."""
     root = Path(cfg.paths.output_dir)
     summaries = []
     for r in range(int(cfg.rounds)):
@@ -70,8 +72,9 @@ def run_rounds(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
             run_one(rcfg)
         summaries.append(round_summary(r, root / f"round_{r}"))
         write_summary(summaries, root / "rounds")
-    return {"rounds": summaries, "metrics": {f"round{s['round']}/{k}": v for s in summaries
-                                             for k, v in {**s["eval"], "distinct_2": s["distinct_2"]}.items()}}
+    metrics = {f"round{s['round']}/{k}": v for s in summaries for k, v in {**s["eval"], "distinct_2": s["distinct_2"]}.items()}
+    return StageResult(metrics=metrics, record={"rounds": summaries},
+                       artifacts={"summary": str(root / "rounds" / "summary.json")})
 
 
 def write_summary(summaries: list[dict], out: Path) -> None:

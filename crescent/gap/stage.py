@@ -25,7 +25,7 @@ from crescent.gap import prompts as gp
 from crescent.gap.checks import stage_errors
 from crescent.gap.report import markdown, print_table
 from crescent.answers import answers_equal, extract_answer
-from crescent.utils.hashing import plain, stable_hash
+from crescent.utils.hashing import plain, stable_hash, without_targets
 from crescent.utils.io import read_json, write_json, write_jsonl
 from crescent.utils.seeding import derive_seed
 from crescent.utils.stage import StageContext, StageResult
@@ -50,7 +50,7 @@ def sample_key(cfg: DictConfig, limit: Any) -> str:
     """Hash of everything that determines the sampled responses."""
     gap = plain(cfg.gap)
     blob = {"teacher": plain(cfg.teacher), "limit": limit, "seed": cfg.seed, "version": GAP_CODE_VERSION,
-            "backend": {k: v for k, v in plain(cfg.backend).items() if k not in _NON_DATA},
+            "backend": {k: v for k, v in without_targets(plain(cfg.backend)).items() if k not in _NON_DATA},
             **{k: gap.get(k) for k in _SAMPLING_KEYS}}
     return stable_hash(blob)
 
@@ -117,13 +117,15 @@ def _questions(cfg: DictConfig, gc: dict) -> dict:
     }
 
 
-def _verify(cfg: DictConfig, vcfg: dict, items: list[dict], backend, get_backend):
-    from crescent.verify import build_judge, verify_samples
-
-    if vcfg.get("name", "none") == "none":
-        return verify_samples(None, items, vcfg)
-    judge = build_judge(backend if backend is not None else get_backend, cfg)  # lazy: mc on cached samples starts no engine
-    return verify_samples(judge, items, vcfg, derive_seed(cfg.seed, "gap_verify"))
+def _verify(cfg: DictConfig, verifier, items: list[dict], backend, get_backend):
+    """verifier: the crescent.verify Verifier of cfg.verify, which the pipeline builds (StageContext.verifier)."""
+    if verifier is None:
+        raise RuntimeError("the gap stage needs the verifier the pipeline builds from cfg.verify "
+                           "(StageContext.verifier); run it through crescent.pipeline")
+    if verifier.name == "none":
+        return verifier.verify(None, items)
+    judge = verifier.make_judge(backend if backend is not None else get_backend, cfg)  # lazy: mc on cached samples starts no engine
+    return verifier.verify(judge, items, derive_seed(cfg.seed, "gap_verify"))
 
 
 def _write(out: Path, result: dict, rows: list[dict], rejections: list[dict], tracker) -> str:
@@ -177,7 +179,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     items = [{"id": i, "question": text, "responses": rs, "answers": a}
              for i, text, rs, a in zip(q["ids"], q["questions"], responses, answers)]
     t_verify = time.perf_counter()
-    vres = _verify(cfg, vcfg, items, backend, get_backend)
+    vres = _verify(cfg, ctx.verifier if ctx is not None else None, items, backend, get_backend)
     t_verify = time.perf_counter() - t_verify
 
     ks = [int(k) for k in gc["pass_k"]]

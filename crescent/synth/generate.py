@@ -174,7 +174,8 @@ def _in_workers(cfg: DictConfig, workdir: Path, stage: str, args: list, done: li
                 worker_devices(cfg.backend, d))
 
 
-def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int, int] | None = None) -> dict:
+def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int, int] | None = None,
+                   verifier=None) -> dict:
     from crescent.backends.workers import data_parallel_size
     from crescent.synth.answers import _chunks
 
@@ -197,7 +198,7 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
         answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend, shard)
     write_jsonl(workdir / "answers.jsonl", answered)
     with UnitLock(workdir / "verify"):  # one process verifies; the others read its result
-        answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend)
+        answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend, verifier)
     lazy.close()  # generation is over: free the engine before voting / writing
     rows, vote_counts = build_sft_rows(
         answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement), seed=int(cfg.seed),
@@ -241,7 +242,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         write_json(workdir / "config.json", synth_config(cfg))
         lazy = _Lazy(cfg)
         try:
-            manifest = _generate_into(cfg, workdir, lazy, shard)
+            manifest = _generate_into(cfg, workdir, lazy, shard, ctx.verifier if ctx is not None else None)
         finally:
             lazy.close()
         manifest["cache_hit"] = False

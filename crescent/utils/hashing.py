@@ -22,3 +22,14 @@ def stable_hash(obj: Any) -> str:
 def plain(node: Any) -> Any:
     """An OmegaConf container as plain dicts/lists, interpolations resolved; anything else unchanged."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, Container) else node
+
+
+def without_targets(obj: Any) -> Any:
+    """obj without its `_target_` keys (at any depth): which class builds a backend or verifier is construction,
+    not data, so it stays out of cache keys (the keys from before `_target_` existed stay valid)."""
+    if isinstance(obj, dict):
+        return {k: without_targets(v) for k, v in obj.items() if k != "_target_"}
+    if isinstance(obj, list):
+        return [without_targets(v) for v in obj]
+    return obj
+

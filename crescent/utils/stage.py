@@ -1,7 +1,7 @@
 """The stage contract: every stage is `run(cfg, ctx: StageContext) -> StageResult`.
 
 The pipeline (crescent/pipeline.py) builds the context, which carries what one stage needs from the run or from
-an earlier stage (the tracker, the training data path, Lightning callbacks, the synth config hash, the round),
+an earlier stage (the tracker, the training data path, Lightning callbacks, the synth config hash, the verifier),
 so that no stage imports another or recomputes another's cache key. Whatever reads a stage's outcome (the
 pipeline's W&B / CSV logging, the one-screen summary, the sweep `objective`, rounds) reads one StageResult.
 """
@@ -54,7 +54,7 @@ class StageContext:
     synth_hash   the generation config's hash (the synth cache folder's name)
     data_path    train: the SFT rows to train on (train.data, this run's synth/sft.jsonl or the cached one)
     callbacks    train: extra Lightning callbacks (e.g. the in-training lm-eval callback)
-    round        the round index under rounds=R (0 otherwise)
+    verifier     generate, gap: the self-verifier built from cfg.verify (crescent.verify.Verifier; None: verify=none)
     """
 
     run_dir: Path
@@ -63,4 +63,4 @@ class StageContext:
     synth_hash: str | None = None
     data_path: Path | None = None
     callbacks: list = field(default_factory=list)
-    round: int = 0
+    verifier: Any = None

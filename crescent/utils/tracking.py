@@ -79,7 +79,8 @@ class Tracker:
     """The job's experiment-tracker run. Only global rank 0 owns one (one W&B run per job, however many processes a
     launcher started); on the other ranks the tracker is inert."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, meta: dict[str, Any] | None = None):
+        """meta: what the pipeline adds to the W&B config under `crescent` (e.g. synth_config_hash)."""
         from crescent.utils.dist import is_global_zero
 
         self.kind = cfg.logger.name if is_global_zero() else "none"
@@ -88,12 +89,10 @@ class Tracker:
         if self.kind == "wandb":
             import wandb
 
-            from crescent.config import config_hash
-
             lc = cfg.logger
             info = sweep_info()
             config = OmegaConf.to_container(cfg, resolve=True)
-            config["crescent"] = {"synth_config_hash": config_hash(cfg), "git_commit": git_commit(), **info}
+            config["crescent"] = {**(meta or {}), "git_commit": git_commit(), **info}
             tags = list(cfg.get("tags", [])) + [v for v in (info.get("experiment"), info.get("hparams_search")) if v]
             self._run = wandb.init(
                 project=lc.project, entity=lc.entity, group=lc.group or wandb_group(info),
