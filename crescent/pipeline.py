@@ -14,7 +14,7 @@ from crescent.summary import print_summary
 from crescent.utils import dist
 from crescent.utils.io import write_json
 from crescent.utils.stage import StageContext, StageResult
-from crescent.utils.tracking import Tracker
+from crescent.utils.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: di
     status_file.write(status)
     if cfg.get("print_config", False) and dist.is_global_zero():
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = Tracker(cfg, run_dir, meta={"synth_config_hash": synth_hash(cfg)})  # inert on ranks > 0
+    tracker = build_tracker(cfg, run_dir, meta={"synth_config_hash": synth_hash(cfg)})  # inert on ranks > 0
     results: dict[str, StageResult] = {}
     try:
         for stage in cfg.stages:

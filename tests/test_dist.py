@@ -161,7 +161,7 @@ def test_ranks_above_0_wait_for_generation_train_and_skip_eval(env, monkeypatch,
     cfg = make_cfg("logger=wandb")
     env(**{**TORCHRUN_RANK1, dist.LAUNCH_ENV: "L1"})
     dist.publish(cfg.paths.output_dir, "generate", StageResult(counts={"generate": 1}).to_dict())  # rank 0's result
-    tracker = pipeline.Tracker(cfg, tmp_path)
+    tracker = pipeline.build_tracker(cfg, tmp_path)
     assert tracker.kind == "none" and tracker.run is None  # no W&B run on rank 1
     did = {s: pipeline._run_stage(s, cfg, lambda: pipeline.StageContext(tmp_path, tracker))
            for s in ("generate", "train", "eval", "gap")}

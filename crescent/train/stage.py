@@ -33,18 +33,6 @@ def _result(record: dict) -> StageResult:
                        artifacts={"export": record["export"], "data": record["data"]})
 
 
-def _lightning_logger(cfg: DictConfig, run_dir: Path, tracker):
-    if cfg.logger.name == "wandb" and getattr(tracker, "run", None) is not None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        return WandbLogger(experiment=tracker.run)
-    if cfg.logger.name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="csv_logs", version="")
-    return False
-
-
 def _load_teacher(cfg: DictConfig, student_tok):
     """The teacher model for the KD term, or None (no KD, or vocabularies differ)."""
     if float(cfg.train.kd.alpha) <= 0:
@@ -117,7 +105,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         model = apply_lora(model, tc.lora)
     teacher = _load_teacher(cfg, tokenizer)
     trainer, plan = build_trainer(cfg, run_dir, callbacks=list(ctx.callbacks) if ctx is not None else [],
-                                  logger=_lightning_logger(cfg, run_dir, tracker))
+                                  logger=tracker.lightning_logger() if tracker is not None else False)
     data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
                          micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
                          packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed),
