@@ -20,7 +20,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from crescent.synth.formats import FORMATS
 from crescent.utils.hashing import without_targets
-from crescent.utils.targets import user_target
+from crescent.utils.targets import is_target_path, user_target
 
 STAGES = ("generate", "train", "eval", "gap")
 TRAIN = ("sft", "distil", "lora")
@@ -167,6 +167,10 @@ def maybe(rule: Rule) -> Rule:
     return replace(rule, required=False)
 
 
+# `_target_` of the groups built by hydra.utils.instantiate (backend, logger, trainer, verify)
+TARGET = maybe(Rule("a dotted path module.Name of the class or function that builds it", is_target_path))
+
+
 def _decoding(prefix: str, with_n: bool) -> dict[str, Rule]:
     rules = {
         f"{prefix}.temperature": float_at_least(0.0),
@@ -208,6 +212,9 @@ RULES: dict[str, Rule] = {
     "paths.cache_dir": PATH,
     "paths.synth_cache": PATH,
     "backend.name": one_of(BACKENDS),
+    "backend._target_": TARGET,
+    "logger._target_": TARGET,
+    "trainer._target_": TARGET,
     "questions.name": nonempty_str(),
     "questions.source": one_of(QUESTION_SOURCES),
     "questions.prompt_version": nonempty_str(),
@@ -484,7 +491,7 @@ def _loader_option_errors(loader: Callable, options: dict, key: str) -> list[str
     return errors
 
 
-# shipped loaders' options with a fixed set of values (crescent/eval/benchmarks.py)
+# shipped loaders' options with a fixed set of values (crescent/data/benchmarks.py)
 LOADER_CHOICES = {("math", "subset"): ("full", "math500"), ("strategyqa", "source"): ("bigbench", "dev"),
                   ("anli", "round"): (1, 2, 3), ("mnli", "split"): ("matched", "mismatched")}
 EXACT_MATCH_RULES: dict[str, Rule] = {  # lm-eval exact_match options a benchmark may set

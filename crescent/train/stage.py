@@ -51,6 +51,18 @@ def _load_teacher(cfg: DictConfig, student_tok):
     return teacher
 
 
+def _trainer_builder(cfg: DictConfig):
+    """The callable trainer._target_ names (conf/trainer/*.yaml: crescent.train.trainer.build_trainer), through
+    hydra.utils.instantiate: fn(cfg, run_dir, callbacks, logger) -> (lightning.Trainer, BatchPlan)."""
+    from hydra.utils import instantiate
+
+    target = cfg.trainer.get("_target_")
+    if not target:
+        raise ConfigError(f"trainer={cfg.trainer.get('name')!r} has no _target_: name the function that builds the "
+                          "Lightning Trainer (e.g. _target_: crescent.train.trainer.build_trainer, conf/trainer/cpu.yaml)")
+    return instantiate({"_target_": str(target), "_partial_": True})
+
+
 def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
     """train_result.json of a finished training of this config whose hf_export/ is in place, unless
     train.resume=false (which always trains)."""
@@ -70,7 +82,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     from crescent.train.data import SFTDataModule
     from crescent.train.export import export_hf
     from crescent.train.module import CausalLMModule, apply_lora, enable_gradient_checkpointing
-    from crescent.train.trainer import (build_trainer, flatten_batches, gradient_checkpointing_on,
+    from crescent.train.trainer import (flatten_batches, gradient_checkpointing_on,
                                         needs_deepspeed_cpu_adam, prepare_checkpoints, resume_checkpoint,
                                         student_load_kwargs, train_fingerprint)
 
@@ -104,7 +116,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     if tc.lora:
         model = apply_lora(model, tc.lora)
     teacher = _load_teacher(cfg, tokenizer)
-    trainer, plan = build_trainer(cfg, run_dir, callbacks=list(ctx.callbacks) if ctx is not None else [],
+    trainer, plan = _trainer_builder(cfg)(cfg, run_dir, callbacks=list(ctx.callbacks) if ctx is not None else [],
                                   logger=tracker.lightning_logger() if tracker is not None else False)
     data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
                          micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
