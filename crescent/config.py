@@ -19,6 +19,8 @@ from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from crescent.synth.formats import FORMATS
+from crescent.utils.hashing import without_targets
+from crescent.utils.targets import is_target_path, user_target
 
 STAGES = ("generate", "train", "eval", "gap")
 TRAIN = ("sft", "distil", "lora")
@@ -165,6 +167,10 @@ def maybe(rule: Rule) -> Rule:
     return replace(rule, required=False)
 
 
+# `_target_` of the groups built by hydra.utils.instantiate (backend, logger, trainer, verify)
+TARGET = maybe(Rule("a dotted path module.Name of the class or function that builds it", is_target_path))
+
+
 def _decoding(prefix: str, with_n: bool) -> dict[str, Rule]:
     rules = {
         f"{prefix}.temperature": float_at_least(0.0),
@@ -208,6 +214,9 @@ RULES: dict[str, Rule] = {
     "paths.cache_dir": PATH,
     "paths.synth_cache": PATH,
     "backend.name": one_of(BACKENDS),
+    "backend._target_": TARGET,
+    "logger._target_": TARGET,
+    "trainer._target_": TARGET,
     "questions.name": nonempty_str(),
     "questions.source": one_of(QUESTION_SOURCES),
     "questions.prompt_version": nonempty_str(),
@@ -495,7 +504,7 @@ def _loader_option_errors(loader: Callable, options: dict, key: str) -> list[str
     return errors
 
 
-# shipped loaders' options with a fixed set of values (crescent/eval/benchmarks.py)
+# shipped loaders' options with a fixed set of values (crescent/data/benchmarks.py)
 LOADER_CHOICES = {("math", "subset"): ("full", "math500"), ("strategyqa", "source"): ("bigbench", "dev"),
                   ("anli", "round"): (1, 2, 3), ("mnli", "split"): ("matched", "mismatched")}
 EXACT_MATCH_RULES: dict[str, Rule] = {  # lm-eval exact_match options a benchmark may set
@@ -511,7 +520,7 @@ def benchmark_errors(spec: Any, key: str, data_roots: Any = ()) -> list[str]:
     (sandbox rules) and file paths (under the launch dir or eval.data_roots), see crescent/utils/{templates,paths}.py."""
     from crescent.utils.paths import benchmark_path_errors
     from crescent.utils.templates import template_errors
-    from crescent.eval.benchmarks import SHIPPED
+    from crescent.data.benchmarks import SHIPPED
     from crescent.eval.tasks import ALLOWED_PY, FILTERS
 
     if not isinstance(spec, dict):
@@ -557,7 +566,7 @@ def benchmark_errors(spec: Any, key: str, data_roots: Any = ()) -> list[str]:
 
 def _user_data_errors(spec: Any, key: str) -> list[str]:
     """A selected benchmark whose data cannot ship (MNLI, DROP) needs the user's file before any model loads."""
-    from crescent.eval.benchmarks import DATA_DIR, USER_DATA
+    from crescent.data.benchmarks import DATA_DIR, USER_DATA
 
     if not isinstance(spec, dict) or spec.get("loader") not in ("mnli", "drop"):
         return []
@@ -567,7 +576,7 @@ def _user_data_errors(spec: Any, key: str) -> list[str]:
     if _str(path) and Path(path).expanduser().is_file():
         return []
     return [f"  {key}.loader_options.path={options.get('path')!r} is invalid: {path} does not exist; this benchmark's "
-            "data cannot ship with crescent: put the canonical file there (crescent/eval/data/README.md), set "
+            "data cannot ship with crescent: put the canonical file there (crescent/data/README.md), set "
             f"{key}.loader_options.path, or leave {key.rsplit('.', 1)[-1]} out of eval.tasks"]
 
 
@@ -905,6 +914,8 @@ def validate(cfg: Mapping, hardware: bool = False) -> None:
         rules.update({**_prefixed(who, MODEL_COMMON), **_named(cfg, who, MODEL_RULES, field="source")})
     for group, tables in (("backend", BACKEND_RULES), ("dedup", DEDUP_RULES), ("logger", LOGGER_RULES)):
         rules.update(_named(cfg, group, tables))
+    if user_target(get_key(cfg, "backend")):  # a backend of the user's own (_target_ outside crescent): its own names
+        rules.pop("backend.name", None)
     rules.update(TRAIN_RULES if "train" in run else {})
     rules.update(EVAL_RULES if "eval" in run else {})
     rules.update(DECONTAM_RULES if get_key(cfg, "decontam.policy") in ("report", "drop") else {})
@@ -939,7 +950,7 @@ def synth_config(cfg: DictConfig) -> dict:
             value = {k: v for k, v in value.items() if k not in _NON_DATA.get(key, ())}
         if key == "verify" and (value is MISSING or value is None or value.get("name") == "none"):
             continue  # no verification: same data (and cache key) as before the verify group existed
-        out[key] = None if value is MISSING else value
+        out[key] = None if value is MISSING else without_targets(value)  # _target_: construction, not data
     out["synth_code_version"] = SYNTH_CODE_VERSION
     return out
 

@@ -13,12 +13,13 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import ConfigError, validate
+from crescent.summary import print_summary
 from crescent.utils import dist
 from crescent.utils.io import write_json
 from crescent.utils.paths import launch_dir
-from crescent.utils.summary import print_summary
+from crescent.utils.stage import StageContext, StageResult
 from crescent.utils.termination import Terminated, failure_fields, on_signals
-from crescent.utils.tracking import Tracker
+from crescent.utils.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def decontam_test_sets(cfg: DictConfig) -> dict[str, list[tuple[str, str]]]:
     decontam.text_fields.
     The test id is the document's `id` when it has one, else its position in the test split. The one place the
     synth stage's decontamination reads benchmark data (handed over here: stages do not import each other)."""
-    from crescent.eval.benchmarks import load_docs  # the benchmark loaders (a services module once they move)
+    from crescent.data.benchmarks import load_docs
 
     benchmarks = OmegaConf.to_container(cfg.eval.benchmarks, resolve=True) or {}
     names = cfg.decontam.get("benchmarks") or [n for n, b in benchmarks.items() if b.get("kind") == "generate"]
@@ -50,42 +51,81 @@ def decontam_test_sets(cfg: DictConfig) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _generate(cfg: DictConfig, tracker: Tracker) -> dict:
+def synth_hash(cfg: DictConfig) -> str:
+    """The generation config's hash (the synth cache folder's name), handed to the stages and the tracker."""
+    from crescent.config import config_hash
+
+    return config_hash(cfg)
+
+
+def training_data(cfg: DictConfig, results: dict[str, StageResult]) -> Path | None:
+    """The SFT rows the train stage reads when train.data is null: this run's generate output, else a previous
+    run's synth/sft.jsonl in this run dir, else the synth cache of this generation config (None: none yet)."""
+    from crescent.synth.generate import synth_workdir
+
+    generated = results.get("generate")
+    candidates = [Path(generated.artifacts["sft"])] if generated is not None and "sft" in generated.artifacts else []
+    candidates += [Path(cfg.paths.output_dir) / "synth" / "sft.jsonl", synth_workdir(cfg) / "sft.jsonl"]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def stage_context(cfg: DictConfig, stage: str, results: dict[str, StageResult] | None = None,
+                  tracker: Tracker | None = None) -> StageContext:
+    """What the pipeline hands `stage`: the tracker and earlier results; train gets its data path and callbacks
+    (the in-training lm-eval callback); generate and gap the verifier of cfg.verify; generate the decontam step's
+    test questions."""
+    results = dict(results or {})
+    ctx = StageContext(run_dir=Path(cfg.paths.output_dir), tracker=tracker, results=results, synth_hash=synth_hash(cfg))
+    if stage == "train":
+        from crescent.eval.callback import eval_callbacks
+
+        ctx.data_path = None if cfg.train.data else training_data(cfg, results)
+        ctx.callbacks = eval_callbacks(cfg, str(Path.cwd()))
+    if stage in ("generate", "gap"):
+        from crescent.verify import build_verifier
+
+        ctx.verifier = build_verifier(cfg.get("verify"))
+    if stage == "generate" and cfg.get("decontam", {}).get("policy", "off") != "off":
+        ctx.test_sets = decontam_test_sets(cfg)
+    return ctx
+
+
+def _generate(cfg: DictConfig, ctx: StageContext) -> StageResult:
     from crescent.synth.generate import run
     from crescent.utils.io import read_jsonl
 
-    policy = cfg.get("decontam", {}).get("policy", "off")
-    manifest = run(cfg, test_sets=decontam_test_sets(cfg) if policy != "off" else None)
-    if policy != "off":
+    result = run(cfg, ctx)
+    if ctx.test_sets is not None:
         pairs = list(read_jsonl(Path(cfg.paths.output_dir) / "synth" / "contamination.jsonl"))
-        tracker.log_table("synth/contamination", pairs, ["question_id", "test", "benchmark", "test_id", "score",
-                                                         "flagged", "numbers_match", "question", "test_text"])
-    rows = list(read_jsonl(Path(cfg.paths.output_dir) / "synth" / "sft.jsonl"))[:200]
+        ctx.tracker.log_table("synth/contamination", pairs, ["question_id", "test", "benchmark", "test_id", "score",
+                                                             "flagged", "numbers_match", "question", "test_text"])
+    rows = list(read_jsonl(result.artifacts["sft"]))[:200]
     for r in rows:
         r["response"] = r["messages"][-1]["content"]
-    tracker.log_table("synth/sft_samples", rows, ["id", "question", "response", "answer", "agreement"])
-    return manifest
+    ctx.tracker.log_table("synth/sft_samples", rows, ["id", "question", "response", "answer", "agreement"])
+    return result
 
 
-def _train(cfg: DictConfig, tracker: Tracker) -> dict:
+def _train(cfg: DictConfig, ctx: StageContext) -> StageResult:
     from crescent.train.stage import run
 
-    return run(cfg, tracker)
+    return run(cfg, ctx)
 
 
-def _eval(cfg: DictConfig, tracker: Tracker) -> dict:
+def _eval(cfg: DictConfig, ctx: StageContext) -> StageResult:
     from crescent.eval.stage import run
 
-    return run(cfg, tracker)
+    return run(cfg, ctx)
 
 
-def _gap(cfg: DictConfig, tracker: Tracker) -> dict:
+def _gap(cfg: DictConfig, ctx: StageContext) -> StageResult:
     from crescent.gap.stage import run
 
-    return run(cfg, tracker)
+    return run(cfg, ctx)
 
 
-STAGE_FUNCS: dict[str, Callable[[DictConfig, Tracker], dict]] = {"generate": _generate, "train": _train, "eval": _eval, "gap": _gap}
+STAGE_FUNCS: dict[str, Callable[[DictConfig, StageContext], StageResult]] = {
+    "generate": _generate, "train": _train, "eval": _eval, "gap": _gap}
 
 # Which ranks run a stage when a launcher started several processes (crescent/utils/dist.py):
 #   all     every rank takes part (training: Lightning's DDP / DeepSpeed; rank 0 alone writes its outputs)
@@ -148,17 +188,17 @@ class _Status:
             print(self.lost, file=sys.stderr, flush=True)
 
 
-def _run_stage(stage: str, cfg: DictConfig, tracker: Tracker) -> tuple[dict, str]:
+def _run_stage(stage: str, cfg: DictConfig, ctx: Callable[[], StageContext]) -> tuple[StageResult, str]:
     """(result, what this rank did: ran / waited / skipped) under the stage's STAGE_RANKS policy."""
     policy = STAGE_RANKS.get(stage, "rank0")
     if policy == "all" or dist.is_global_zero() and policy != "shared":
-        return STAGE_FUNCS[stage](cfg, tracker), "ran"
+        return STAGE_FUNCS[stage](cfg, ctx()), "ran"
     if policy == "shared":
         rank0 = dist.is_global_zero()
-        result = dist.rank_zero_first(cfg.paths.output_dir, stage, lambda: STAGE_FUNCS[stage](cfg, tracker))
-        return result, "ran" if rank0 else "waited"
+        result = dist.rank_zero_first(cfg.paths.output_dir, stage, lambda: STAGE_FUNCS[stage](cfg, ctx()).to_dict())
+        return StageResult.from_dict(result), "ran" if rank0 else "waited"
     log.info("%s: %s runs on global rank 0 only", dist.rank_label(), stage)
-    return {"skipped": f"runs on global rank 0 only (this is {dist.rank_label()})"}, "skipped"
+    return StageResult(skipped=f"runs on global rank 0 only (this is {dist.rank_label()})"), "skipped"
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -187,7 +227,7 @@ def check_launch(cfg: DictConfig) -> None:
                           "multi-node)")
 
 
-def _run_rounds(cfg: DictConfig) -> dict:
+def _run_rounds(cfg: DictConfig) -> dict[str, StageResult]:
     from crescent.rounds import run_rounds
 
     validate(cfg, hardware=True)
@@ -196,13 +236,15 @@ def _run_rounds(cfg: DictConfig) -> dict:
     if not dist.is_global_zero():  # take part in each round's training; the summaries are rank 0's
         from crescent.rounds import round_config
 
-        return {"rounds": [run(round_config(cfg, r, run_dir)) for r in range(int(cfg.rounds))]}
+        for r in range(int(cfg.rounds)):
+            run(round_config(cfg, r, run_dir))
+        return {"rounds": StageResult(skipped=f"the rounds summary is rank 0's (this is {dist.rank_label()})")}
     from crescent.rounds import round_axis_metrics
 
     status_file = _Status(run_dir)
     status = {"status": "running", "rounds": int(cfg.rounds), "started": time.time()}
     status_file.write(status)
-    tracker = Tracker(cfg, run_dir)  # one W&B run for the job: every round logs into it, `round` its step axis
+    tracker = build_tracker(cfg, run_dir, meta={"synth_config_hash": synth_hash(cfg)})  # one W&B run for the job: every round logs into it, `round` its step axis
     try:
         with on_signals():
             result = run_rounds(cfg, lambda rcfg: run(rcfg, tracker=tracker),
@@ -239,7 +281,7 @@ def check_objective(cfg: DictConfig) -> str | None:
                           f"{OmegaConf.to_container(cfg.eval.num_fewshot) if OmegaConf.is_config(cfg.eval.num_fewshot) else cfg.eval.num_fewshot})") from None
 
 
-def objective(cfg: DictConfig, results: dict) -> float | None:
+def objective(cfg: DictConfig, results: dict[str, StageResult]) -> float | None:
     """The value of cfg.optimized_metric ('<stage>/<metric>', e.g. 'eval/gsm8k/flexible-extract'), which
     the Optuna sweeper maximises or minimises; None when no metric is named."""
     name = cfg.get("optimized_metric")
@@ -249,16 +291,16 @@ def objective(cfg: DictConfig, results: dict) -> float | None:
 
     name = check_objective(cfg)
     stage, _, key = str(name).partition("/")
-    metrics = flatten(results.get(stage, {}).get("metrics") or results.get(stage, {}).get("counts") or {})
+    metrics = flatten(results[stage].logged()) if stage in results else {}
     if key not in metrics:
         raise ConfigError(f"optimized_metric={name!r} was not produced by this run; available: "
                           f"{sorted(f'{stage}/{k}' for k in metrics)}")
     return float(metrics[key])
 
 
-def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
+def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict[str, StageResult]:
     """Validate, then run cfg.stages in order (cfg.rounds times when > 1, see crescent.rounds).
-    Returns {stage: result}. Raises on failure after writing status.json = failed with the traceback.
+    Returns {stage: StageResult} ({"rounds": StageResult} for rounds > 1). Raises on failure after writing status.json = failed with the traceback.
 
     Rank-aware (see STAGE_RANKS and crescent/utils/dist.py): under Lightning's launcher, torchrun or srun every rank
     runs this; only global rank 0 writes status.json, summaries and the W&B run. tracker: an open tracker to log
@@ -269,7 +311,7 @@ def run(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
         return _run(cfg, tracker)
 
 
-def _run(cfg: DictConfig, tracker: Tracker | None) -> dict:
+def _run(cfg: DictConfig, tracker: Tracker | None) -> dict[str, StageResult]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     status_file = _Status(run_dir)
@@ -307,19 +349,20 @@ def _run(cfg: DictConfig, tracker: Tracker | None) -> dict:
 
 
 def _run_stages(cfg: DictConfig, run_dir: Path, status_file: _Status, record: dict,
-                borrowed: Tracker | None = None) -> dict:
+                borrowed: Tracker | None = None) -> dict[str, StageResult]:
     status = {"status": "running", "stages": list(cfg.stages), "done": [], "started": time.time()}
     status_file.write(status)
     if cfg.get("print_config", False) and dist.is_global_zero():
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = borrowed or Tracker(cfg, run_dir)  # inert on ranks > 0
-    results: dict[str, dict] = {}
+    # inert on ranks > 0; `borrowed`: the rounds loop's one tracker for the whole job
+    tracker = borrowed or build_tracker(cfg, run_dir, meta={"synth_config_hash": synth_hash(cfg)})
+    results: dict[str, StageResult] = {}
     try:
         for stage in cfg.stages:
             t0 = time.perf_counter()
-            results[stage], record["stages"][stage] = _run_stage(stage, cfg, tracker)
-            summary = results[stage].get("counts") or results[stage].get("metrics") or {}
-            tracker.log({**tracker_keys(stage, summary), f"{stage}_wall_s": time.perf_counter() - t0})
+            results[stage], record["stages"][stage] = _run_stage(
+                stage, cfg, lambda: stage_context(cfg, stage, results, tracker))  # noqa: B023 (called at once)
+            tracker.log({**tracker_keys(stage, results[stage].logged()), f"{stage}_wall_s": time.perf_counter() - t0})
             status["done"].append(stage)
             status_file.write(status)
     except BaseException as e:

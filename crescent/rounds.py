@@ -14,6 +14,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crescent.utils.io import read_json, write_json
+from crescent.utils.stage import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,11 @@ def _finished(run_dir: Path) -> bool:
 
 
 def run_rounds(cfg: DictConfig, run_one: Callable[[DictConfig], dict],
-               on_round: Callable[[dict], None] | None = None) -> dict:
+               on_round: Callable[[dict], None] | None = None) -> StageResult:
     """Runs the rounds (finished ones, status ok, are reused), then (gap stage on) pass@k of the final model, and
-    writes rounds/summary.*; on_round(summary) after each (the tracker logs it on its `round` axis)."""
+    writes rounds/summary.*; on_round(summary) after each (the tracker logs it on its `round` axis). The result's
+    metrics are round<r>/<eval metric>, round<r>/start/<pass@k|maj@k>, round<r>/distinct_2 and final/...
+    (optimized_metric='rounds/round1/...'), its record the summaries."""
     root = Path(cfg.paths.output_dir)
     summaries = []
     for r in range(int(cfg.rounds)):
@@ -118,7 +121,8 @@ def run_rounds(cfg: DictConfig, run_one: Callable[[DictConfig], dict],
         metrics.update({f"{name}/start/{k}": v for k, v in s["gap"].items() if "pass@" in k or "maj@" in k})
         if s["distinct_2"] is not None:
             metrics[f"{name}/distinct_2"] = s["distinct_2"]
-    return {"rounds": summaries, "metrics": metrics}
+    return StageResult(metrics=metrics, record={"rounds": summaries},
+                       artifacts={"summary": str(root / "rounds" / "summary.json")})
 
 
 def round_axis_metrics(summary: dict) -> dict[str, float]:

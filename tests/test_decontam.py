@@ -22,7 +22,7 @@ FILLERS = ["A farmer has 12 cows and buys 5 more. How many cows does the farmer 
 
 @pytest.fixture(scope="module")
 def gsm8k_head():
-    from crescent.eval.benchmarks import gsm8k
+    from crescent.data.benchmarks import gsm8k
 
     return gsm8k()["test"][:HEAD]
 

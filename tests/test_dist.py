@@ -6,6 +6,7 @@ import time
 import pytest
 
 from crescent.utils import dist
+from crescent.utils.stage import StageResult
 
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_USE_AGENT_STORE",
@@ -149,7 +150,7 @@ def _fake_stages(monkeypatch, calls):
 
     for name in ("generate", "train", "eval", "gap"):
         monkeypatch.setitem(pipeline.STAGE_FUNCS, name,
-                            lambda cfg, tracker, name=name: calls.append(name) or {"counts": {name: 1}})
+                            lambda cfg, ctx, name=name: calls.append(name) or StageResult(counts={name: 1}))
 
 
 def test_ranks_above_0_wait_for_generation_train_and_skip_eval(env, monkeypatch, make_cfg, tmp_path):
@@ -159,13 +160,14 @@ def test_ranks_above_0_wait_for_generation_train_and_skip_eval(env, monkeypatch,
     _fake_stages(monkeypatch, calls)
     cfg = make_cfg("logger=wandb")
     env(**{**TORCHRUN_RANK1, dist.LAUNCH_ENV: "L1"})
-    dist.publish(cfg.paths.output_dir, "generate", {"counts": {"generate": 1}})  # rank 0's result
-    tracker = pipeline.Tracker(cfg, tmp_path)
+    dist.publish(cfg.paths.output_dir, "generate", StageResult(counts={"generate": 1}).to_dict())  # rank 0's result
+    tracker = pipeline.build_tracker(cfg, tmp_path)
     assert tracker.kind == "none" and tracker.run is None  # no W&B run on rank 1
-    did = {s: pipeline._run_stage(s, cfg, tracker) for s in ("generate", "train", "eval", "gap")}
+    did = {s: pipeline._run_stage(s, cfg, lambda: pipeline.StageContext(tmp_path, tracker))
+           for s in ("generate", "train", "eval", "gap")}
     assert {s: d[1] for s, d in did.items()} == {"generate": "waited", "train": "ran", "eval": "skipped",
                                                   "gap": "skipped"}
-    assert calls == ["train"] and did["generate"][0] == {"counts": {"generate": 1}}
+    assert calls == ["train"] and did["generate"][0] == StageResult(counts={"generate": 1})
     status = pipeline._Status(tmp_path)
     status.write({"status": "ok"})
     assert status.writes == 0 and not (tmp_path / "status.json").exists()

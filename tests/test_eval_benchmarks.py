@@ -7,8 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from crescent.answers import canonical_number, equivalent
-from crescent.eval import benchmarks as B
-from crescent.eval import scoring, sudoku
+from crescent.data import benchmarks as B
+from crescent.data import sudoku
+from crescent.eval import scoring
 from crescent.eval.tasks import build_task
 
 COUNTS = {  # (loader, options): (test docs, few-shot pool)

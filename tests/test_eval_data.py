@@ -1,11 +1,11 @@
-"""The benchmark data shipped in crescent/eval/data: intact, licensed, and loaded as lm-eval docs."""
+"""The benchmark data shipped in crescent/data: intact, licensed, and loaded as lm-eval docs."""
 import hashlib
 
 import pytest
 
-from crescent.eval import benchmarks as B
+from crescent.data import benchmarks as B
 
-COUNTS = {  # test docs, few-shot pool (see crescent/eval/data/README.md)
+COUNTS = {  # test docs, few-shot pool (see crescent/data/README.md)
     "gsm8k": (1319, 7473), "asdiv": (2159, 7473), "gsm_plus_mini": (2100, 7473), "mmlu": (14042, 285),
     "arc_challenge": (1172, 1119), "arc_easy": (2376, 2251), "truthfulqa_mc": (817, 0),
     "hellaswag": (10042, 0), "winogrande": (1267, 0), "piqa": (1838, 0),

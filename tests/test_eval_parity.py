@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from crescent.eval import harness
-from crescent.eval.benchmarks import load_docs
+from crescent.data.benchmarks import load_docs
 from crescent.eval.tasks import build_task
 
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"

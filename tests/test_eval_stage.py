@@ -34,18 +34,18 @@ def test_eval_stage_writes_results_samples_and_summary(make_cfg):
     assert "exact_match" in samples[0]["filters"]["strict-match"]
     assert (run / "summary.png").stat().st_size > 1000
     assert "| gsm8k | 0 | strict-match | 3 |" in (run / "summary.md").read_text()
-    assert set(out["metrics"]) == {"gsm8k/strict-match", "gsm8k/flexible-extract", "arc_challenge/acc", "arc_challenge/acc_norm"}
+    assert set(out.metrics) == {"gsm8k/strict-match", "gsm8k/flexible-extract", "arc_challenge/acc", "arc_challenge/acc_norm"}
 
 
 def test_finished_units_are_not_scored_again(make_cfg, monkeypatch):
     cfg = make_cfg(*TINY, "eval.tasks=[arc_challenge]")
-    first = read_json(Path(eval_stage.run(cfg)["results"]))
+    first = read_json(Path(eval_stage.run(cfg).artifacts["results"]))
 
     def boom(*a, **k):
         raise AssertionError("re-evaluated a finished unit")
 
     monkeypatch.setattr(harness, "evaluate", boom)
-    assert read_json(Path(eval_stage.run(cfg)["results"]))["rows"] == first["rows"]
+    assert read_json(Path(eval_stage.run(cfg).artifacts["results"]))["rows"] == first["rows"]
     with pytest.raises(AssertionError, match="re-evaluated"):  # a changed setting is a new unit
         eval_stage.run(make_cfg(*TINY, "eval.tasks=[arc_challenge]", "eval.limit=2"))
 
@@ -60,10 +60,10 @@ def test_before_and_after_with_an_exported_model(make_cfg):
     model.save_pretrained(Path(cfg.paths.output_dir) / "hf_export")
     tok.save_pretrained(Path(cfg.paths.output_dir) / "hf_export")
     out = eval_stage.run(cfg)
-    rows = read_json(Path(out["results"]))["rows"]
+    rows = read_json(Path(out.artifacts["results"]))["rows"]
     assert {(r["model"], r["num_fewshot"]) for r in rows} == {(m, k) for m in ("base", "trained") for k in (0, 1)}
-    assert "Δ (pts)" in out["summary"] and "| arc_challenge | 1 | acc_norm | 3 |" in out["summary"]
-    assert {"arc_challenge_1shot/acc", "base/arc_challenge_1shot/acc", "delta/arc_challenge_0shot/acc"} <= set(out["metrics"])
+    assert "Δ (pts)" in out.record["summary"] and "| arc_challenge | 1 | acc_norm | 3 |" in out.record["summary"]
+    assert {"arc_challenge_1shot/acc", "base/arc_challenge_1shot/acc", "delta/arc_challenge_0shot/acc"} <= set(out.metrics)
 
 
 def test_trained_requested_without_an_export_is_a_config_error(make_cfg):

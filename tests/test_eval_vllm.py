@@ -119,11 +119,11 @@ def test_engine_vllm_builds_lm_evals_vllm_model_on_each_folder(make_cfg, standin
 def test_data_parallel_runs_lm_evals_ray_replicas(make_cfg, standin):
     calls, ray_calls = standin
     one = make_cfg(*TINY, *VLLM)
-    rows_dp1 = read_json(Path(eval_stage.run(one)["results"]))["rows"]
+    rows_dp1 = read_json(Path(eval_stage.run(one).artifacts["results"]))["rows"]
     calls.clear()
     cfg = make_cfg(*TINY, *VLLM, "eval.vllm.data_parallel_size=2")
     validate(cfg)
-    rows = read_json(Path(eval_stage.run(cfg)["results"]))["rows"]
+    rows = read_json(Path(eval_stage.run(cfg).artifacts["results"]))["rows"]
     assert rows == rows_dp1  # the same scores from two replicas as from one engine
 
     replicas = [c for c in ray_calls if c["method"] == "remote"]

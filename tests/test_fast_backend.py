@@ -258,8 +258,8 @@ def test_invalid_params_and_empty_prompts(tiny):
 
 def test_config_and_build(cache_dir):
     assert dict(OmegaConf.load(CONF / "backend" / "fast.yaml")) == dict(
-        name="fast", batch_size=128, dtype="bf16_if_fast", kernels="auto", cache_gb=8, data_parallel_size=1,
-        shard=None,
+        _target_="crescent.backends.fast.FastBackend.from_config", name="fast", batch_size=128, dtype="bf16_if_fast",
+        kernels="auto", cache_gb=8, data_parallel_size=1, shard=None,
     )
     backend = build_backend(fast_cfg(kernels="torch"), model_cfg("tiny_llama"), cache_dir)
     assert isinstance(backend, FastBackend) and not backend.native

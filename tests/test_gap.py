@@ -11,9 +11,15 @@ from crescent.config import ConfigError
 from crescent.gap import prompts as gp
 from crescent.gap.checks import gap_errors, stage_errors
 from crescent.gap.metrics import gap_metrics, maj_correct, pass_at_k, question_terms, sample_metrics
-from crescent.gap.stage import run
+from crescent.gap import stage as gap_stage
+from crescent.pipeline import stage_context
 
 T, F = True, False
+
+
+def run(cfg):
+    """The gap stage with what the pipeline hands it (the verifier built from cfg.verify)."""
+    return gap_stage.run(cfg, stage_context(cfg, "gap"))
 
 # ---------------------------------------------------------------- pass@k, maj@k
 
@@ -178,7 +184,7 @@ def test_limit_and_exemplars():
 
 
 def test_gsm8k_prompt_from_the_shipped_config():
-    from crescent.eval.benchmarks import load_docs
+    from crescent.data.benchmarks import load_docs
 
     cfg = compose_cfg([])
     bench = dict(cfg.gap.benchmark)
@@ -244,7 +250,7 @@ def test_stage_end_to_end_with_a_scripted_model(make_cfg, monkeypatch, tmp_path)
     cfg = make_cfg("verify=cot_binary", "gap.limit=2", "gap.n_samples=4", "gap.cache=false",
                    "gap.pass_k=[1,2,4,8]", "logger=none")
     out = run(cfg)
-    m = out["metrics"]
+    m = out.metrics
     assert m["acc_all"] == 0.625 and m["acc_filtered"] == 0.75 and m["gap"] == 0.125
     assert m["relative_gap"] == pytest.approx(1 / 3) and m["relative_gap_questions"] == 1  # q1 is perfect: excluded
     assert m["kept_fraction"] == 3 / 8 and m["questions_nothing_kept"] == 0 and m["invalid_judgements"] == 0
@@ -274,9 +280,9 @@ def test_verify_none_reports_sample_metrics_only(make_cfg, monkeypatch):
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: ScriptedBackend())
     out = run(make_cfg("verify=none", "eval.limit=2", "gap.n_samples=4", "gap.cache=false",
                        "logger=none"))
-    assert set(out["metrics"]) == {"acc_all", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "majority_gain"}
-    assert out["metrics"]["acc_all"] == 0.625  # eval.limit=2 was used
-    assert "the generation-verification gap needs a verifier" in out["summary"]
+    assert set(out.metrics) == {"acc_all", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "majority_gain"}
+    assert out.metrics["acc_all"] == 0.625  # eval.limit=2 was used
+    assert "the generation-verification gap needs a verifier" in out.record["summary"]
 
 
 # ---------------------------------------------------------------- the stage on tiny_llama
@@ -286,7 +292,7 @@ def test_gap_stage_on_tiny_llama(make_cfg, tmp_path):
     cfg = make_cfg("model@teacher=tiny_llama", "verify=mc", "gap.limit=3", "gap.n_samples=2",
                    "gap.max_new_tokens=12", "gap.top_p=1.0", "gap.cache=false", "logger=none")  # top_p<1 sorts a flat vocab
     out = run(cfg)
-    m = out["metrics"]
+    m = out.metrics
     for key in ("acc_all", "acc_filtered", "gap", "kept_fraction", "pass@1", "pass@2", "maj@2", "majority_gain"):
         assert key in m, key
     assert 0.0 <= m["kept_fraction"] <= 1.0

@@ -24,7 +24,7 @@ RESUME = ["debug=default", "sampling.num_questions=8", "sampling.question.n=4", 
 
 def test_tiny_llama_generate_writes_outputs(make_cfg, tmp_path):
     cfg = make_cfg(*TINY)
-    manifest = pipeline.run(cfg)["generate"]
+    manifest = pipeline.run(cfg)["generate"].record
     synth = tmp_path / "run" / "synth"
     for name in ("manifest.json", "questions.jsonl", "sft.jsonl", "rejections.jsonl"):
         assert (synth / name).exists(), name
@@ -58,11 +58,11 @@ def test_accepted_questions_are_below_threshold(make_cfg, tmp_path):
 
 def test_second_run_reuses_cache_without_loading_a_model(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg(*TINY)
-    first = pipeline.run(cfg)["generate"]
+    first = pipeline.run(cfg)["generate"].record
     import crescent.backends
 
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: pytest.fail("model loaded on a cache hit"))
-    second = pipeline.run(cfg)["generate"]
+    second = pipeline.run(cfg)["generate"].record
     assert second["cache_hit"] and not first["cache_hit"]
     assert second["counts"] == first["counts"]
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_embedded_model_generates_sft_rows(make_cfg, tmp_path):
     cfg = make_cfg("stages=[generate]", "sampling.num_questions=4", "voting.k=3", "sampling.question.n=8",
                    "questions.calls_per_round=2", "sampling.answer.max_new_tokens=256")
-    manifest = pipeline.run(cfg)["generate"]
+    manifest = pipeline.run(cfg)["generate"].record
     c = manifest["counts"]
     assert c["accepted"] == 4, c
     synth = tmp_path / "run" / "synth"

@@ -25,7 +25,7 @@ from crescent.eval.tasks import ANSWER_IS, BOXED, EXACT_MATCH, FILTERS, FLEXIBLE
 from crescent.synth.clean import REASONS, _clean, clean_question
 from crescent.synth.prompts import fill
 from crescent.synth.sources import answer_prompt
-from crescent.synth.voting import (INVALID_REASONS, answers_equal, extract_answer, is_canonical, majority_vote,
+from crescent.answers import (INVALID_REASONS, answers_equal, extract_answer, is_canonical, majority_vote,
                                    parse_answer)
 from crescent.utils.io import read_jsonl
 
@@ -218,7 +218,7 @@ BUILTINS = {"eval", "exec", "compile", "__import__"}
 
 def test_no_code_path_evaluates_text():
     """No module of the package calls eval/exec/sympify/parse_expr (the ones that run their input as Python);
-    math_verify (which can reach sympy's parse_expr) is used by voting.py only, on validated numbers."""
+    math_verify (which can reach sympy's parse_expr) is used by answers/numeric.py only, on validated numbers."""
     found, math_verify = [], []
     for path in sorted((ROOT / "crescent").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -234,10 +234,11 @@ def test_no_code_path_evaluates_text():
                        for m in mods):
                     math_verify.append(path.relative_to(ROOT).as_posix())
     assert found == []
-    # voting.py: on validated numbers only; answers.py and eval/scoring.py: LaTeX extraction only (no eval-based
-    # expression parsing), which the next lines hold
-    assert set(math_verify) <= {"crescent/synth/voting.py", "crescent/answers.py", "crescent/eval/scoring.py"}
-    for name in ("crescent/answers.py", "crescent/eval/scoring.py"):
+    # answers/numeric.py: on validated numbers only; answers/equivalence.py and eval/scoring.py: LaTeX extraction
+    # only (no eval-based expression parsing), which the next lines hold
+    assert set(math_verify) <= {"crescent/answers/numeric.py", "crescent/answers/equivalence.py",
+                                "crescent/eval/scoring.py"}
+    for name in ("crescent/answers/equivalence.py", "crescent/eval/scoring.py"):
         src = (ROOT / name).read_text(encoding="utf-8")
         assert "ExprExtractionConfig" not in src
         calls = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "parse"]

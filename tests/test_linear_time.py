@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from crescent.eval import tasks
-from crescent.synth import clean, voting
+from crescent.answers import numeric as voting
+from crescent.synth import clean
 from crescent.verify import parse
 
 MAX_RATIO = 20.0

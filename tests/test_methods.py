@@ -128,14 +128,14 @@ def test_method_config_errors(make_cfg, overrides, message):
 def test_lmsi_and_seed_augment_generate_end_to_end_on_the_tiny_model(make_cfg, tmp_path):
     cfg = make_cfg("debug=default", "questions=dataset", "voting=lmsi", "voting.k=2", "dedup=none",
                    "sampling.num_questions=3", "sampling.answer.max_new_tokens=16")
-    manifest = pipeline.run(cfg)["generate"]
+    manifest = pipeline.run(cfg)["generate"].record
     qs = list(read_jsonl(tmp_path / "run" / "synth" / "questions.jsonl"))
     assert [q["id"] for q in qs] == ["d000000", "d000001", "d000002"] and qs[0]["text"].startswith("Natalia")
     assert manifest["counts"]["answered"] == 3 and manifest["counts"]["bait_calls"] == 0
     cfg = make_cfg("debug=default", "questions=seed_augment", "questions.calls_per_round=1", "questions.max_calls=2",
                    "sampling.question.n=1", "sampling.num_questions=null", "dedup=none",
                    f"paths.output_dir={tmp_path}/run2", "voting.reflect=true")
-    manifest = pipeline.run(cfg)["generate"]
+    manifest = pipeline.run(cfg)["generate"].record
     rounds = sorted((Path(manifest["cache_dir"]) / "rounds").glob("round_*.json"))
     styles = [r.get("style") for rd in rounds for r in read_json(rd)["raw"]]
     assert manifest["counts"]["raw"] == 4 and styles == ["rephrase", "harder"] * 2
@@ -155,7 +155,7 @@ def test_two_rounds_chain_the_exports_and_summarise(make_cfg, tmp_path):
     assert r1["student"] == "tiny_llama-round1"
     hydra_cfg = read_json(root / "round_1" / "eval" / "results.json")["models"]["base"]
     assert hydra_cfg["path"] == str(root / "round_0" / "hf_export")  # round 1 starts from round 0's export
-    assert [s["round"] for s in out["rounds"]] == [0, 1] and "round1/arc_challenge/acc" in out["metrics"]
+    assert [s["round"] for s in out.record["rounds"]] == [0, 1] and "round1/arc_challenge/acc" in out.metrics
     assert (root / "rounds" / "summary.png").stat().st_size > 1000
     assert (root / "rounds" / "summary.md").read_text().count("\n| ") == 3  # header + 2 rounds
     assert read_json(root / "status.json")["status"] == "ok"
@@ -173,7 +173,7 @@ def test_verify_in_the_generate_stage_filters_and_records(make_cfg, tmp_path):
     base = ("debug=default", "questions=dataset", "voting.k=3", "dedup=none", "sampling.num_questions=3",
             "sampling.answer.max_new_tokens=16")
     cfg = make_cfg(*base, "verify=mc", "verify.threshold=0.99")
-    manifest = pipeline.run(cfg)["generate"]
+    manifest = pipeline.run(cfg)["generate"].record
     counts, work = manifest["counts"], Path(manifest["cache_dir"])
     assert counts["verify_verifier"] == "mc" and counts["verify_samples"] == 9
     assert counts["verify_kept"] + counts["verify_rejected"] == 9

@@ -104,6 +104,6 @@ def test_full_disk_while_finishing_never_marks_the_synth_cache_complete(make_cfg
     import crescent.backends
 
     monkeypatch.setattr(crescent.backends, "build_backend", lambda *a, **k: pytest.fail("units were regenerated"))
-    manifest = pipeline.run(cfg)["generate"]
+    manifest = pipeline.run(cfg)["generate"].record
     assert (work / "manifest.json").exists() and not manifest["cache_hit"]
     assert (tmp_path / "run" / "synth" / "sft.jsonl").exists()

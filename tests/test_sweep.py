@@ -162,7 +162,9 @@ def test_optuna_objective_is_the_named_metric(make_cfg):
     from crescent.config import ConfigError
     from crescent.pipeline import objective
 
-    results = {"eval": {"metrics": {"gsm8k/flexible-extract": 0.25}}}
+    from crescent.utils.stage import StageResult
+
+    results = {"eval": StageResult(metrics={"gsm8k/flexible-extract": 0.25})}
     one_shot_count = "eval.num_fewshot=[0]"
     assert objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract", one_shot_count), results) == 0.25
     assert objective(make_cfg(), results) is None

@@ -47,7 +47,7 @@ def test_fit_lowers_loss_and_export_reloads_identically(make_cfg, sft_file, tmp_
     cfg = make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=4")
     tokenizer, base = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, dtype="float32")
     before = _mean_loss(base, tokenizer, sft_file)
-    result = pipeline.run(cfg)["train"]
+    result = pipeline.run(cfg)["train"].record
     run = tmp_path / "run"
     exported = AutoModelForCausalLM.from_pretrained(run / "hf_export", dtype=torch.float32).eval()
     after = _mean_loss(exported, tokenizer, sft_file)
@@ -65,15 +65,15 @@ def test_fit_lowers_loss_and_export_reloads_identically(make_cfg, sft_file, tmp_
 
 
 def test_resume_continues_from_the_saved_step(make_cfg, sft_file, tmp_path, caplog):
-    first = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=1"))["train"]
+    first = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=1"))["train"].record
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     # train.resume=true continues whatever training config wrote the checkpoint
-    second = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=2", "train.resume=true"))["train"]
+    second = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=2", "train.resume=true"))["train"].record
     assert second["resumed_from"].endswith(f"step={first['global_step']}.ckpt")
     assert second["global_step"] == 2 * first["global_step"]
     # train.resume=auto (the default) only its own: epochs=3 is another config (another lr schedule)
     with caplog.at_level("WARNING"):
-        third = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=3"))["train"]
+        third = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train.epochs=3"))["train"].record
     assert third["resumed_from"] is None and "differs in train.epochs" in caplog.text
     assert third["global_step"] == 3 * first["global_step"]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt")) == [
@@ -95,13 +95,13 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(make_cfg, sft_file
     # 16 train rows / micro 2 = 8 micro batches, 4 optimizer steps per epoch: step 3 is mid-epoch
     args = (*TINY, f"train.data={sft_file}", "train.checkpoint_every_n_steps=1")
     ref_dir, run = tmp_path / "reference" / "run", tmp_path / "run"
-    reference = pipeline.run(compose_cfg(args, tmp_path / "reference"))["train"]
+    reference = pipeline.run(compose_cfg(args, tmp_path / "reference"))["train"].record
     for stop in (3, 5):  # mid-epoch 0; then, resumed from step 3, past the epoch end to mid-epoch 1
         monkeypatch.setattr("crescent.eval.callback.eval_callbacks", lambda *a: [StopAfter(stop)])
         with pytest.raises(RuntimeError, match=f"stopped at step {stop}"):
             pipeline.run(make_cfg(*args))
     monkeypatch.undo()
-    resumed = pipeline.run(make_cfg(*args))["train"]
+    resumed = pipeline.run(make_cfg(*args))["train"].record
     assert resumed["resumed_from"].endswith("epoch=1-step=5.ckpt")
     assert resumed["global_step"] == reference["global_step"] == 8
     for key in ("train/loss", "val/loss"):
@@ -112,16 +112,16 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(make_cfg, sft_file
 
     # a rerun of the finished training does not train again and keeps the metrics of the run that trained
     monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: pytest.fail("trained again"))
-    again = pipeline.run(make_cfg(*args))["train"]
+    again = pipeline.run(make_cfg(*args))["train"].record
     assert again["metrics"] == resumed["metrics"] and again["resumed_from"] == resumed["resumed_from"]
 
 
 def test_resuming_from_the_final_checkpoint_keeps_the_metrics(make_cfg, sft_file, tmp_path):
     """A kill after the last checkpoint but before train_result.json: fit has nothing left to do."""
     args = (*TINY, f"train.data={sft_file}", "train.epochs=1")
-    first = pipeline.run(make_cfg(*args))["train"]
+    first = pipeline.run(make_cfg(*args))["train"].record
     (tmp_path / "run" / "train_result.json").unlink()
-    again = pipeline.run(make_cfg(*args))["train"]
+    again = pipeline.run(make_cfg(*args))["train"].record
     assert again["resumed_from"].endswith(f"step={first['global_step']}.ckpt")
     assert again["global_step"] == first["global_step"]
     assert again["metrics"]["train/loss"] == first["metrics"]["train/loss"]
@@ -145,13 +145,13 @@ def test_eval_parts_key_on_the_exported_weights_not_their_mtime(tmp_path):
 def test_distil_into_a_weaker_student_with_kd(make_cfg, sft_file):
     cfg = make_cfg(*TINY, f"train.data={sft_file}", "train=distil", "model@teacher=smollm2_135m_instruct",
                    "model@student=tiny_llama", "train.epochs=1")
-    result = pipeline.run(cfg)["train"]
+    result = pipeline.run(cfg)["train"].record
     assert result["student"] == "tiny_llama"
     assert "train/kd" in result["metrics"] and result["metrics"]["train/kd"] > 0
 
 
 def test_lora_is_merged_at_export(make_cfg, sft_file, tmp_path):
-    result = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train=lora", "train.epochs=1"))["train"]
+    result = pipeline.run(make_cfg(*TINY, f"train.data={sft_file}", "train=lora", "train.epochs=1"))["train"].record
     export = tmp_path / "run" / "hf_export"
     assert not (export / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(export)

@@ -223,7 +223,7 @@ def test_the_train_stage_enables_checkpointing_and_chunked_loss(make_cfg, tmp_pa
                    "train.max_seq_len=96", "train.global_batch_size=2", "train.micro_batch_size=2", "train.max_steps=1",
                    "train.val_fraction=0", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
                    "train.gradient_checkpointing=true", "train.loss_chunk_tokens=16", "train.attn_implementation=eager")
-    result = pipeline.run(cfg)["train"]
+    result = pipeline.run(cfg)["train"].record
     assert seen == {"checkpointing": True, "chunk": 16, "attn": "eager", "dtype": torch.float32}
     assert result["global_step"] == 1 and Path(result["export"], "config.json").is_file()
 

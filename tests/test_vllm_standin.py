@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crescent.utils.stage import StageResult
+
 from helpers import ROOT, compose_cfg
 
 FAKE = ROOT / "tests" / "fake_vllm"
@@ -112,7 +114,7 @@ def test_paper_budget_engine_calls_grow_with_passes_not_questions(fake_vllm, tmp
     monkeypatch.setattr(embed, "get_embedder", lambda **kw: HashEmbedder())
     cfg = _cfg(tmp_path, "experiment=crescent_llama3_8b", "logger=none", "dedup.index=hnsw", "decontam=none")
     assert cfg.questions.max_calls == 550 and cfg.sampling.question.n == 100
-    manifest = generate.run(cfg)
+    manifest = generate.run(cfg).record
     bound = engine_call_bound(cfg)
     calls = [c for c in fake_vllm.CALLS if c["method"] in ("generate", "chat")]
     c = manifest["counts"]
@@ -148,11 +150,11 @@ def test_data_parallel_size_starts_one_engine_per_gpu_set_with_the_same_rows(fak
     small = ["debug=default", "model@teacher=llama3_8b_instruct", "sampling.num_questions=null",
              "questions.max_calls=8", "questions.calls_per_round=2", "dedup=none", "questions.rounds_per_pass=null"]
     ref = generate.run(_cfg(tmp_path / "d1", *small))
-    ref_rows = (Path(ref["cache_dir"]) / "sft.jsonl").read_text()
+    ref_rows = (Path(ref.artifacts["cache_dir"]) / "sft.jsonl").read_text()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     out = generate.run(_cfg(tmp_path / "d2", *small, "backend.data_parallel_size=2", "backend.tensor_parallel_size=2",
                             "backend.dtype=float16", "backend.max_model_len=1024"))
-    assert (Path(out["cache_dir"]) / "sft.jsonl").read_text() == ref_rows
+    assert (Path(out.artifacts["cache_dir"]) / "sft.jsonl").read_text() == ref_rows
     records = [json.loads(x) for x in Path(tmp_path / "vllm_calls.jsonl").read_text().splitlines()]
     engines = [r for r in records if r["method"] == "LLM" and r["pid"] != __import__("os").getpid()]
     assert engines and {r["CUDA_VISIBLE_DEVICES"] for r in engines} <= {"0,1", "2,3"}  # each its own GPU set
@@ -182,7 +184,7 @@ def test_engine_is_shut_down_before_train_starts(fake_vllm, tmp_path, monkeypatc
     from crescent import pipeline
 
     monkeypatch.setattr(embed, "get_embedder", lambda **kw: HashEmbedder())
-    monkeypatch.setattr(train_stage, "run", lambda cfg, *a, **k: fake_vllm.CALLS.append({"method": "train"}) or {})
+    monkeypatch.setattr(train_stage, "run", lambda cfg, *a, **k: fake_vllm.CALLS.append({"method": "train"}) or StageResult())
     cfg = _cfg(tmp_path, "debug=default", "model@teacher=llama3_8b_instruct", "stages=[generate,train]")
     pipeline.run(cfg)
     methods = [c["method"] for c in fake_vllm.CALLS]

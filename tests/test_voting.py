@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import assert_linear
-from crescent.synth import voting
-from crescent.synth.voting import (INVALID_REASONS, TIE_POLICIES, Vote, answers_equal, extract_answer, is_canonical,
+from crescent.answers import numeric as voting
+from crescent.answers import (INVALID_REASONS, TIE_POLICIES, Vote, answers_equal, extract_answer, is_canonical,
                                    majority_vote, parse_answer)
 
 CANONICAL = re.compile(r"^-?\d+(\.\d+)?(/\d+)?$")

@@ -1,6 +1,8 @@
 """Generation backends: `hf` (transformers, CPU/GPU), `fast` (continuous-batching CPU) and `vllm` (GPU scale).
 
-Each is imported only when chosen."""
+conf/backend/<name>.yaml names the callable that builds its backend in `_target_` (built-ins: the classes'
+`from_config`); `build_backend` calls it through hydra.utils.instantiate, so each is imported only when chosen and
+a new backend is a YAML whose `_target_` names `fn(backend_cfg, model_cfg, cache_dir, seed) -> Backend`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,27 +10,26 @@ from typing import Any, Mapping
 
 from crescent.backends.base import Backend, Prompt, SamplingParams
 
-BACKENDS = ("hf", "vllm", "fast")
-
 
 def build_backend(
     backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], cache_dir: str | Path | None = None, seed: int = 0
 ) -> Backend:
-    """The backend named by backend_cfg.name, loaded with the model of model_cfg (seed: vLLM engine seed)."""
-    name = backend_cfg.get("name")
-    if name == "hf":
-        from crescent.backends.hf import HFBackend
+    """The backend of backend_cfg (its `_target_`), loaded with the model of model_cfg (seed: vLLM engine seed)."""
+    from hydra.utils import instantiate
 
-        return HFBackend.from_config(backend_cfg, model_cfg, cache_dir)
-    if name == "fast":
-        from crescent.backends.fast import FastBackend
+    from crescent.utils.hashing import plain
 
-        return FastBackend.from_config(backend_cfg, model_cfg, cache_dir)
-    if name == "vllm":
-        from crescent.backends.vllm import VLLMBackend
+    settings, model = plain(backend_cfg), plain(model_cfg)
+    target = settings.get("_target_")
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"backend={settings.get('name')!r} has no _target_: name the callable that builds it, "
+                         "fn(backend_cfg, model_cfg, cache_dir, seed) -> Backend (see conf/backend/hf.yaml)")
+    build = instantiate({"_target_": target, "_partial_": True})  # the data stays out of OmegaConf
+    backend = build({k: v for k, v in settings.items() if k != "_target_"}, model, cache_dir, seed=seed)
+    if not callable(getattr(backend, "generate", None)):
+        raise TypeError(f"backend._target_={target!r} returned a {type(backend).__name__}, which has no generate() "
+                        "(crescent.backends.base.Backend)")
+    return backend
 
-        return VLLMBackend.from_config(backend_cfg, model_cfg, cache_dir, seed=seed)
-    raise ValueError(f"backend.name={name!r}; allowed: {list(BACKENDS)}")
 
-
-__all__ = ["BACKENDS", "Backend", "Prompt", "SamplingParams", "build_backend"]
+__all__ = ["Backend", "Prompt", "SamplingParams", "build_backend"]

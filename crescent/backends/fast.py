@@ -593,7 +593,8 @@ class FastBackend:
         return loaded
 
     @classmethod
-    def from_config(cls, backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
+    def from_config(cls, backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], cache_dir: str | Path | None,
+                    seed: int = 0):
         from crescent.models.loading import load_model_and_tokenizer
 
         dtype = resolve_dtype(backend_cfg.get("dtype", "bf16_if_fast"))

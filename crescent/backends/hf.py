@@ -83,7 +83,8 @@ class HFBackend:
         self.last_stats: dict[str, float] = {}  # sequences, new_tokens, seconds of the last generate call
 
     @classmethod
-    def from_config(cls, backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], cache_dir: str | Path | None):
+    def from_config(cls, backend_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], cache_dir: str | Path | None,
+                    seed: int = 0):
         from crescent.models.loading import load_model_and_tokenizer
 
         device = backend_cfg.get("device") or "cpu"

@@ -54,7 +54,7 @@ def _math_verify(gold_solution: str, response: str) -> int:
 
 def minerva_process_results(doc: dict, results: list[str], metrics: Iterable[str] = METRICS) -> dict[str, int]:
     """MATH scored as lm-eval's minerva_math process_results (exact_match; math_verify as math_equal)."""
-    from crescent.eval import minerva
+    from crescent.answers import minerva
 
     candidate = results[0]
     out = {}

@@ -7,7 +7,6 @@ eval resumes where it stopped.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -17,8 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crescent.config import ConfigError
+from crescent.utils.hashing import stable_hash
 from crescent.utils.io import read_json, write_json, write_jsonl
 from crescent.utils.paths import launch_dir
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 # settings that change scores (recorded in results.json, part of each unit's cache key)
@@ -101,9 +102,7 @@ def unit_settings(settings: dict, ec: DictConfig, shots: int) -> dict:
 
 
 def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cache_dir: str | Path) -> str:
-    blob = json.dumps([settings, benchmarks, model_cfg, _weights_stamp(model_cfg, cache_dir), shots],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash([settings, benchmarks, model_cfg, _weights_stamp(model_cfg, cache_dir), shots])
 
 
 def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, base_dir: str) -> tuple[dict, dict]:
@@ -129,7 +128,9 @@ def self_consistency(eval_cfg: DictConfig) -> tuple[int, float]:
     return int(sc.get("k") or 0), float(sc.get("temperature", 0.7))
 
 
-def run(cfg: DictConfig, tracker=None) -> dict:
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Score the models of eval.models on the selected benchmarks: eval/results.json, eval/summary.*. The result's
+    metrics are {"<task>/<score>[/<model>]": value} (crescent.eval.report.metric_dict)."""
     from crescent.eval import harness, report
     from crescent.utils import dist
 
@@ -187,10 +188,10 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     write_json(out / "results.json", result)
     table = report.write_summary(result, out)
     metrics = report.metric_dict(rows)
-    if tracker is not None:
-        _log_samples(tracker, samples_written)
-    return {"metrics": metrics, "results": str(out / "results.json"), "summary": table,
-            "wall_s": result["wall_s"], "models": list(models)}
+    if ctx is not None and ctx.tracker is not None:
+        _log_samples(ctx.tracker, samples_written)
+    return StageResult(metrics=metrics, artifacts={"results": str(out / "results.json")},
+                       record={"summary": table, "wall_s": result["wall_s"], "models": list(models)})
 
 
 def _load_lm(model_cfg: dict, cfg: DictConfig):

@@ -14,7 +14,7 @@ import inspect
 from functools import partial
 from typing import Any, Mapping
 
-from crescent.eval.benchmarks import load_docs, same_subject_sampler
+from crescent.data.benchmarks import load_docs, same_subject_sampler
 
 KINDS = ("generate", "multiple_choice")
 # lm-eval gsm8k.yaml (v3): strict = the number after '#### '; flexible = the last number in the text

@@ -17,7 +17,7 @@ from __future__ import annotations
 from math import comb
 from typing import Sequence
 
-from crescent.synth.voting import answers_equal, majority_vote
+from crescent.answers import answers_equal, majority_vote
 
 
 def _mean(xs: Sequence[float]) -> float | None:

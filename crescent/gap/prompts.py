@@ -12,7 +12,7 @@ import random
 from typing import Any, Mapping, Sequence
 
 from crescent.backends.base import Prompt
-from crescent.synth.voting import extract_answer
+from crescent.answers import extract_answer
 from crescent.utils import templates
 from crescent.utils.seeding import derive_seed
 

@@ -9,27 +9,27 @@ killed run resumes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crescent.backends.base import SamplingParams
 from crescent.config import ConfigError
-from crescent.eval.benchmarks import load_docs
+from crescent.data.benchmarks import load_docs
 from crescent.gap import metrics as gm
 from crescent.gap import prompts as gp
 from crescent.gap.checks import stage_errors
 from crescent.gap.report import markdown, print_table
-from crescent.synth.voting import answers_equal, extract_answer
+from crescent.answers import answers_equal, extract_answer
+from crescent.utils.hashing import plain, stable_hash, without_targets
 from crescent.utils.io import read_json, write_json, write_jsonl
 from crescent.utils.paths import launch_dir
 from crescent.utils.seeding import derive_seed
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,13 @@ _SAMPLING_KEYS = ("benchmark", "n_samples", "temperature", "top_p", "max_new_tok
 _NON_DATA = ("device", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def sample_key(cfg: DictConfig, limit: Any) -> str:
     """Hash of everything that determines the sampled responses."""
-    gap = _plain(cfg.gap)
-    blob = {"teacher": _plain(cfg.teacher), "limit": limit, "seed": cfg.seed, "version": GAP_CODE_VERSION,
-            "backend": {k: v for k, v in _plain(cfg.backend).items() if k not in _NON_DATA},
+    gap = plain(cfg.gap)
+    blob = {"teacher": plain(cfg.teacher), "limit": limit, "seed": cfg.seed, "version": GAP_CODE_VERSION,
+            "backend": {k: v for k, v in without_targets(plain(cfg.backend)).items() if k not in _NON_DATA},
             **{k: gap.get(k) for k in _SAMPLING_KEYS}}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(blob)
 
 
 def _sample(cfg: DictConfig, prompts: list, ids: list, workdir: Path, get_backend) -> list[list[str]]:
@@ -113,13 +109,15 @@ def _questions(cfg: DictConfig, gc: dict) -> dict:
     }
 
 
-def _verify(cfg: DictConfig, vcfg: dict, items: list[dict], backend, get_backend):
-    from crescent.verify import build_judge, verify_samples
-
-    if vcfg.get("name", "none") == "none":
-        return verify_samples(None, items, vcfg)
-    judge = build_judge(backend if backend is not None else get_backend, cfg)  # lazy: mc on cached samples starts no engine
-    return verify_samples(judge, items, vcfg, derive_seed(cfg.seed, "gap_verify"))
+def _verify(cfg: DictConfig, verifier, items: list[dict], backend, get_backend):
+    """verifier: the crescent.verify Verifier of cfg.verify, which the pipeline builds (StageContext.verifier)."""
+    if verifier is None:
+        raise RuntimeError("the gap stage needs the verifier the pipeline builds from cfg.verify "
+                           "(StageContext.verifier); run it through crescent.pipeline")
+    if verifier.name == "none":
+        return verifier.verify(None, items)
+    judge = verifier.make_judge(backend if backend is not None else get_backend, cfg)  # lazy: mc on cached samples starts no engine
+    return verifier.verify(judge, items, derive_seed(cfg.seed, "gap_verify"))
 
 
 def _write(out: Path, result: dict, rows: list[dict], rejections: list[dict], tracker) -> str:
@@ -139,15 +137,16 @@ def _write(out: Path, result: dict, rows: list[dict], rejections: list[dict], tr
     return table
 
 
-def run(cfg: DictConfig, tracker=None) -> dict:
-    """Run the gap measurement; returns {"metrics": {name: float}, "results": path, "summary": markdown, "wall_s"}
-    (the pipeline logs the metrics as gap/<name>)."""
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Run the gap measurement: metrics {name: float} (the pipeline logs them as gap/<name>), artifacts
+    {"results": gap/results.json}, record {"summary": markdown, "wall_s"}."""
+    tracker = ctx.tracker if ctx is not None else None
     errors = stage_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(errors))
     t0 = time.perf_counter()
-    gc = _plain(cfg.gap)
-    vcfg = _plain(cfg.get("verify")) or {"name": "none"}
+    gc = plain(cfg.gap)
+    vcfg = plain(cfg.get("verify")) or {"name": "none"}
     vname = vcfg.get("name", "none")
     out = Path(cfg.paths.output_dir) / "gap"
     q = _questions(cfg, gc)
@@ -172,7 +171,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     items = [{"id": i, "question": text, "responses": rs, "answers": a}
              for i, text, rs, a in zip(q["ids"], q["questions"], responses, answers)]
     t_verify = time.perf_counter()
-    vres = _verify(cfg, vcfg, items, backend, get_backend)
+    vres = _verify(cfg, ctx.verifier if ctx is not None else None, items, backend, get_backend)
     t_verify = time.perf_counter() - t_verify
 
     ks = [int(k) for k in gc["pass_k"]]
@@ -206,5 +205,5 @@ def run(cfg: DictConfig, tracker=None) -> dict:
              "relative_gap": t["relative"], "verifier": d}
             for it, g, c, sc, k, t, d in zip(items, q["golds"], correct, vres.scores, vres.kept, per_q, vres.details)]
     table = _write(out, result, rows, vres.rejections, tracker)
-    return {"metrics": metrics, "results": str(out / "results.json"), "summary": table,
-            "wall_s": result["timings_s"]["total"]}
+    return StageResult(metrics=metrics, artifacts={"results": str(out / "results.json")},
+                       record={"summary": table, "wall_s": result["timings_s"]["total"]})

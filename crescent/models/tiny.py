@@ -1,10 +1,10 @@
 """A tiny randomly initialised Llama with SmolLM2's tokenizer, for fast tests."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping
+
+from crescent.utils.hashing import stable_hash
 
 TINY_FIELDS = (
     "hidden_size",
@@ -32,7 +32,7 @@ def tiny_fields(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def tiny_cache_key(model_cfg: Mapping[str, Any], tokenizer_dir: str | Path) -> str:
     """Hash of the architecture fields, the seed and the tokenizer folder's name (itself a content hash)."""
     payload = {"fields": tiny_fields(model_cfg), "tokenizer": Path(tokenizer_dir).name}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(payload)
 
 
 def build_tiny_llama(model_cfg: Mapping[str, Any], tokenizer_dir: str | Path, out_dir: str | Path) -> Path:

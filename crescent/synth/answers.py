@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from crescent.backends.base import Backend
 from crescent.backends.units import Unit, run_units
 from crescent.synth.questions import decoding
-from crescent.synth.voting import extract_answer
+from crescent.answers import extract_answer
 from crescent.utils.io import read_json
 from crescent.utils.seeding import derive_seed
 

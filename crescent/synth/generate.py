@@ -23,6 +23,7 @@ from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
 from crescent.synth.verified import verify_answers
 from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("manifest.json", "questions.jsonl", "sft.jsonl", "rejections.jsonl", "answers.jsonl")
@@ -173,7 +174,8 @@ def _in_workers(cfg: DictConfig, workdir: Path, stage: str, args: list, done: li
                 worker_devices(cfg.backend, d))
 
 
-def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int, int] | None = None) -> dict:
+def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int, int] | None = None,
+                   verifier=None) -> dict:
     from crescent.backends.workers import data_parallel_size
     from crescent.synth.answers import _chunks
 
@@ -196,7 +198,7 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
         answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend, shard)
     write_jsonl(workdir / "answers.jsonl", answered)
     with UnitLock(workdir / "verify"):  # one process verifies; the others read its result
-        answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend)
+        answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend, verifier)
     lazy.close()  # generation is over: free the engine before voting / writing
     rows, vote_counts = build_sft_rows(
         answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement), seed=int(cfg.seed),
@@ -220,10 +222,8 @@ def _decontaminate(cfg: DictConfig, workdir: Path, out: Path, test_sets) -> dict
     """The decontam step on the final questions (crescent.synth.decontam): the report is cached in the generation
     folder under a key of its own (decontam settings + the test texts), so the generation cache key ignores it.
     policy=drop removes the flagged questions from this run's synth/ copy (questions, answers, sft rows)."""
-    import hashlib
-    import json
-
     from crescent.synth import decontam
+    from crescent.utils.hashing import stable_hash
     from crescent.utils.io import read_jsonl
 
     dc = OmegaConf.to_container(cfg.decontam, resolve=True)
@@ -234,8 +234,7 @@ def _decontaminate(cfg: DictConfig, workdir: Path, out: Path, test_sets) -> dict
         raise ConfigError(f"decontam.policy={dc['policy']} needs test questions, but no test document of "
                           f"decontam.benchmarks={dc.get('benchmarks')} (null: the generation benchmarks of eval.benchmarks) "
                           f"has a field in decontam.text_fields={dc.get('text_fields')}: name the field, or decontam=none")
-    blob = json.dumps([decontam.settings(dc), tests], sort_keys=True)
-    part = workdir / "decontam" / f"{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+    part = workdir / "decontam" / f"{stable_hash([decontam.settings(dc), tests])}.json"
     questions = list(read_jsonl(workdir / "questions.jsonl"))
     if part.is_file():
         report = read_json(part)
@@ -270,11 +269,12 @@ def _decontaminate(cfg: DictConfig, workdir: Path, out: Path, test_sets) -> dict
     return counts
 
 
-def run(cfg: DictConfig, test_sets=None) -> dict:
-    """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. Returns the manifest.
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. The result's counts are the
+    manifest's, its artifacts the SFT rows (sft), the manifest and the cache folder, its record the manifest.
 
-    test_sets ({benchmark: [(test id, question text), ...]}, handed over by the pipeline) feed the decontam step
-    when decontam.policy is report or drop.
+    ctx.test_sets ({benchmark: [(test id, question text), ...]}, handed over by the pipeline) feed the decontam
+    step when decontam.policy is report or drop.
 
     No lock is held for the whole stage: each unit of work has its own (crescent.utils.locks), so jobs sharing
     the config hash (a sweep, array tasks with backend.shard=i/N, backend.data_parallel_size workers) split the
@@ -296,7 +296,7 @@ def run(cfg: DictConfig, test_sets=None) -> dict:
         write_json(workdir / "config.json", synth_config(cfg))
         lazy = _Lazy(cfg)
         try:
-            manifest = _generate_into(cfg, workdir, lazy, shard)
+            manifest = _generate_into(cfg, workdir, lazy, shard, ctx.verifier if ctx is not None else None)
         finally:
             lazy.close()
         manifest["cache_hit"] = False
@@ -306,10 +306,12 @@ def run(cfg: DictConfig, test_sets=None) -> dict:
         copy_file(workdir / name, out / name)
     policy = cfg.get("decontam", {}).get("policy", "off")
     if policy != "off":
-        manifest["decontam"] = _decontaminate(cfg, workdir, out, test_sets)
+        manifest["decontam"] = _decontaminate(cfg, workdir, out, ctx.test_sets if ctx is not None else None)
         for key in ("checked", "flagged_ngram", "flagged_embedding", "dropped"):
             manifest["counts"][f"decontam_{key}"] = manifest["decontam"][key]
     manifest["cache_dir"] = str(workdir)
     manifest["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "manifest.json", manifest)
-    return manifest
+    return StageResult(counts=manifest["counts"], record=manifest,
+                       artifacts={"sft": str(out / "sft.jsonl"), "questions": str(out / "questions.jsonl"),
+                                  "manifest": str(out / "manifest.json"), "cache_dir": str(workdir)})

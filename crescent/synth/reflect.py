@@ -13,7 +13,7 @@ from crescent.backends.base import Backend
 from crescent.backends.units import Unit, run_units
 from crescent.synth.prompts import fill, user_chat
 from crescent.synth.questions import decoding
-from crescent.synth.voting import answers_equal, extract_answer, majority_vote
+from crescent.answers import answers_equal, extract_answer, majority_vote
 from crescent.utils.io import read_json
 from crescent.utils.seeding import derive_seed
 

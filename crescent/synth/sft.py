@@ -5,7 +5,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from crescent.synth.formats import format_messages
-from crescent.synth.voting import answers_equal, majority_vote
+from crescent.answers import answers_equal, majority_vote
 from crescent.utils.seeding import derive_seed
 
 

@@ -14,7 +14,7 @@ DATASET_LOADERS = ("gsm8k_train", "file")
 
 def dataset_questions(qcfg: DictConfig, base_dir: str = ".") -> list[str]:
     """The question texts of questions.dataset (only `question_field` is read), from `offset` on."""
-    from crescent.eval.benchmarks import gsm8k, load_docs
+    from crescent.data.benchmarks import gsm8k, load_docs
 
     ds = qcfg.dataset
     if ds.loader == "gsm8k_train":

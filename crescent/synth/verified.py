@@ -26,20 +26,23 @@ def apply_kept(answered: list[dict], kept: list[list[bool]], scores: list[list[f
     return out
 
 
-def verify_answers(cfg: DictConfig, workdir: Path, answered: list[dict], get_backend: Callable) -> tuple[list[dict], list[dict], dict]:
-    """(answered with rejected samples removed, rejection rows, counts); a no-op for verify=none."""
+def verify_answers(cfg: DictConfig, workdir: Path, answered: list[dict], get_backend: Callable,
+                   verifier=None) -> tuple[list[dict], list[dict], dict]:
+    """(answered with rejected samples removed, rejection rows, counts); a no-op for verify=none.
+    verifier: the crescent.verify Verifier of cfg.verify, which the pipeline builds (StageContext.verifier)."""
     vcfg = cfg.get("verify")
     if vcfg is None or vcfg.get("name", "none") == "none":
         return answered, [], {}
     path = workdir / "verify" / "result.json"
     record = read_json(path) if path.exists() else None
     if record is None or record.get("ids") != [a["id"] for a in answered]:
-        from crescent.verify import build_judge, verify_samples
-
+        if verifier is None:
+            raise RuntimeError(f"verify={vcfg.name}: the generate stage needs the verifier the pipeline builds from "
+                               "cfg.verify (StageContext.verifier); run it through crescent.pipeline")
         log.info("self-verifying %d questions' answers with verify=%s", len(answered), vcfg.name)
         items = [{"id": a["id"], "question": a["question"], "responses": a["responses"], "answers": a["answers"]}
                  for a in answered]
-        result = verify_samples(build_judge(get_backend, cfg), items, vcfg, derive_seed(int(cfg.seed), "synth_verify"))
+        result = verifier.verify(verifier.make_judge(get_backend, cfg), items, derive_seed(int(cfg.seed), "synth_verify"))
         record = {"ids": [a["id"] for a in answered], "kept": result.kept, "scores": result.scores,
                   "rejections": [{**r, "stage": "verify", "reason": ",".join(r["reasons"]) or "rejected"}
                                  for r in result.rejections],

@@ -8,37 +8,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.config import ConfigError, config_hash
+from crescent.config import ConfigError
 from crescent.utils.io import read_json, write_json
+from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 
-def training_data(cfg: DictConfig) -> Path:
-    """train.data, else this run's synth/sft.jsonl, else the cached data of this generation config."""
+def training_data(cfg: DictConfig, ctx: StageContext | None) -> Path:
+    """train.data, else the SFT rows the pipeline found for this run (ctx.data_path: see crescent.pipeline)."""
     if cfg.train.data:
         path = Path(cfg.train.data)
         if not path.is_file():
             raise ConfigError(f"train.data={cfg.train.data!r}: no such file")
         return path
-    for path in (Path(cfg.paths.output_dir) / "synth" / "sft.jsonl",
-                 Path(cfg.paths.synth_cache) / config_hash(cfg) / "sft.jsonl"):
-        if path.is_file():
-            return path
+    if ctx is not None and ctx.data_path is not None and Path(ctx.data_path).is_file():
+        return Path(ctx.data_path)
     raise ConfigError("train.data is null and there is no synthetic data for this config yet: "
                       "run stages=[generate,train] or set train.data=PATH/TO/sft.jsonl")
 
 
-def _lightning_logger(cfg: DictConfig, run_dir: Path, tracker):
-    if cfg.logger.name == "wandb" and getattr(tracker, "run", None) is not None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        return WandbLogger(experiment=tracker.run)
-    if cfg.logger.name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="csv_logs", version="")
-    return False
+def _result(record: dict) -> StageResult:
+    return StageResult(metrics=record["metrics"], record=record,
+                       artifacts={"export": record["export"], "data": record["data"]})
 
 
 def _load_teacher(cfg: DictConfig, student_tok):
@@ -59,6 +51,18 @@ def _load_teacher(cfg: DictConfig, student_tok):
     return teacher
 
 
+def _trainer_builder(cfg: DictConfig):
+    """The callable trainer._target_ names (conf/trainer/*.yaml: crescent.train.trainer.build_trainer), through
+    hydra.utils.instantiate: fn(cfg, run_dir, callbacks, logger) -> (lightning.Trainer, BatchPlan)."""
+    from hydra.utils import instantiate
+
+    target = cfg.trainer.get("_target_")
+    if not target:
+        raise ConfigError(f"trainer={cfg.trainer.get('name')!r} has no _target_: name the function that builds the "
+                          "Lightning Trainer (e.g. _target_: crescent.train.trainer.build_trainer, conf/trainer/cpu.yaml)")
+    return instantiate({"_target_": str(target), "_partial_": True})
+
+
 def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
     """train_result.json of a finished training of this config whose hf_export/ is in place, unless
     train.resume=false (which always trains)."""
@@ -69,29 +73,32 @@ def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
     return result if result.get("fingerprint") == fingerprint["hash"] else None
 
 
-def run(cfg: DictConfig, tracker=None) -> dict:
-    """Train under the run dir's training lock (global rank 0 takes it): a second training started in the same run
-    dir waits, saying who holds it (pid, host, since), then reuses the finished result or resumes the checkpoint
-    instead of starting from scratch beside the first."""
+def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
+    """Train on ctx.data_path (or train.data) with ctx.callbacks; hf_export/ and train_result.json in the run dir.
+    The result's metrics are the trainer's last logged ones, its record train_result.json.
+
+    Global rank 0 trains under the run dir's training lock: a second training started in the same run dir waits,
+    saying who holds it (pid, host, since), then reuses the finished result or resumes the checkpoint instead of
+    starting from scratch beside the first."""
     from crescent.utils import dist
     from crescent.utils.locks import UnitLock
 
     if not dist.is_global_zero():
-        return _train(cfg, tracker)
+        return _train(cfg, ctx)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with UnitLock(run_dir / ".train", what=f"the training in {run_dir} (another crescent process trains there)"):
-        return _train(cfg, tracker)
+        return _train(cfg, ctx)
 
 
-def _train(cfg: DictConfig, tracker=None) -> dict:
+def _train(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     import lightning as L
 
     from crescent.models.loading import load_model_and_tokenizer
     from crescent.train.data import SFTDataModule
     from crescent.train.export import export_hf
     from crescent.train.module import CausalLMModule, apply_lora, enable_gradient_checkpointing
-    from crescent.train.trainer import (build_trainer, flatten_batches, gradient_checkpointing_on,
+    from crescent.train.trainer import (flatten_batches, gradient_checkpointing_on,
                                         needs_deepspeed_cpu_adam, prepare_checkpoints, resume_checkpoint,
                                         student_load_kwargs, train_fingerprint)
 
@@ -99,7 +106,8 @@ def _train(cfg: DictConfig, tracker=None) -> dict:
 
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    data_path = training_data(cfg)
+    data_path = training_data(cfg, ctx)
+    tracker = ctx.tracker if ctx is not None else None
     tc = cfg.train
     fingerprint = train_fingerprint(cfg, data_path)
 
@@ -116,7 +124,7 @@ def _train(cfg: DictConfig, tracker=None) -> dict:
     if decision["done"] is not None:
         log.info("train: %s already holds this training config's result: not training again "
                  "(train.resume=false retrains)", run_dir / "hf_export")
-        return decision["done"]
+        return _result(decision["done"])
     L.seed_everything(int(tc.seed), workers=True, verbose=False)
     tokenizer, model = load_model_and_tokenizer(cfg.student, cfg.paths.cache_dir, **student_load_kwargs(cfg))
     if gradient_checkpointing_on(cfg):
@@ -124,10 +132,8 @@ def _train(cfg: DictConfig, tracker=None) -> dict:
     if tc.lora:
         model = apply_lora(model, tc.lora)
     teacher = _load_teacher(cfg, tokenizer)
-    from crescent.eval.callback import eval_callbacks
-
-    trainer, plan = build_trainer(cfg, run_dir, callbacks=eval_callbacks(cfg, str(Path.cwd())),
-                                  logger=_lightning_logger(cfg, run_dir, tracker))
+    trainer, plan = _trainer_builder(cfg)(cfg, run_dir, callbacks=list(ctx.callbacks) if ctx is not None else [],
+                                  logger=tracker.lightning_logger() if tracker is not None else False)
     data = SFTDataModule(str(data_path), tokenizer, max_seq_len=int(tc.max_seq_len),
                          micro_batch_size=plan.micro_batch_size, val_fraction=float(tc.val_fraction),
                          packing=bool(tc.packing), group_by_length=bool(tc.group_by_length), seed=int(tc.seed),
@@ -156,4 +162,4 @@ def _train(cfg: DictConfig, tracker=None) -> dict:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "train_result.json", result)
-    return result
+    return _result(result)

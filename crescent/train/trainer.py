@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crescent.config import ConfigError
+from crescent.utils.hashing import plain, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,6 @@ def build_strategy(trainer_cfg: DictConfig, train_cfg: DictConfig, plan: BatchPl
     raise ConfigError(f"trainer.strategy={name!r}: allowed {list(STRATEGIES)}")
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
 def checkpoint_callback(run_dir: str | Path, every_n_steps: int | None = None):
     """The newest checkpoint kept (written at epoch ends and, if every_n_steps, every n optimizer steps),
     and checkpoints/last.ckpt linking to it.
@@ -226,7 +222,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence = ()
     max_steps = int(tc.max_steps)
     trainer = L.Trainer(
         accelerator=tr.accelerator,
-        devices=_plain(tr.devices),
+        devices=plain(tr.devices),
         num_nodes=int(tr.num_nodes),
         strategy=build_strategy(tr, tc, plan),
         precision=str(tr.precision),
@@ -260,8 +256,7 @@ def train_fingerprint(cfg: DictConfig, data_path: str | Path) -> dict:
              "student": OmegaConf.to_container(cfg.student, resolve=True),
              "teacher": OmegaConf.to_container(cfg.teacher, resolve=True) if float(train["kd"]["alpha"]) > 0 else None,
              "data_sha256": file_sha256(data_path, cfg.paths.cache_dir)}
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return {"hash": hashlib.sha256(blob).hexdigest()[:16], **parts}
+    return {"hash": stable_hash(parts), **parts}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

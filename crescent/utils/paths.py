@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-# the keys of a benchmark config that name a file (crescent.eval.benchmarks)
+# the keys of a benchmark config that name a file (crescent.data.benchmarks)
 PATH_KEYS = ("path", "fewshot_path", "loader_options.path")
 # lm-eval task keys that would make lm-eval read data itself (crescent feeds every task's documents)
 LM_EVAL_DATA_KEYS = ("custom_dataset", "dataset_path", "dataset_name", "dataset_kwargs")

@@ -76,31 +76,25 @@ def wandb_group(info: dict[str, Any]) -> str | None:
 
 
 class Tracker:
-    """The job's experiment-tracker run. Only global rank 0 owns one (one W&B run per job, however many processes a
-    launcher started); on the other ranks the tracker is inert."""
+    """The job's experiment-tracker run: the `none` logger (logs nothing), and the base of the others.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
-        from crescent.utils.dist import is_global_zero
+    conf/logger/<name>.yaml names its class in `_target_`; `build_tracker` builds it with hydra.utils.instantiate,
+    the YAML's keys as settings. A tracker logs the stages' numbers (`log`), sample tables (`log_table`), and gives
+    the train stage its Lightning logger (`lightning_logger`). Only global rank 0's is active (one W&B run per job,
+    however many processes a launcher started); on the other ranks it logs nothing (kind "none")."""
 
-        self.kind = cfg.logger.name if is_global_zero() else "none"
+    kind = "none"
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, meta: dict[str, Any] | None = None, active: bool = True,
+                 **settings: Any):
+        """meta: what the pipeline adds to the tracked config under `crescent` (e.g. synth_config_hash)."""
         self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.active = bool(active)
+        if not self.active:
+            self.kind = "none"
         self._run = None
         self._round_axis = False
-        if self.kind == "wandb":
-            import wandb
-
-            from crescent.config import config_hash
-
-            lc = cfg.logger
-            info = sweep_info()
-            config = OmegaConf.to_container(cfg, resolve=True)
-            config["crescent"] = {"synth_config_hash": config_hash(cfg), "git_commit": git_commit(), **info}
-            tags = list(cfg.get("tags", [])) + [v for v in (info.get("experiment"), info.get("hparams_search")) if v]
-            self._run = wandb.init(
-                project=lc.project, entity=lc.entity, group=lc.group or wandb_group(info),
-                job_type=lc.job_type or "+".join(cfg.stages), tags=list(dict.fromkeys(tags)),
-                dir=str(self.run_dir), mode=_wandb_mode(lc.mode), config=config, reinit="finish_previous",
-            )
 
     @property
     def run(self):
@@ -108,40 +102,119 @@ class Tracker:
         return self._run
 
     def log(self, metrics: dict[str, Any]) -> None:
-        flat = flatten(metrics)
-        if self.kind == "wandb" and self._run is not None:
-            self._run.log(flat)
-            self._run.summary.update(flat)
-        elif self.kind == "csv":
-            path = self.run_dir / "metrics.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as f:
-                w = csv.writer(f)
-                if new:
-                    w.writerow(["key", "value"])
-                w.writerows(sorted(flat.items()))
+        pass
 
     def log_round(self, r: int, metrics: dict[str, Any]) -> None:
         """One round's metrics (rounds=R) on W&B's `round` axis: keys 'round/<key>' plotted against `round`, in the
         job's one run; the CSV logger writes them as 'round/<r>/<key>'."""
-        flat = flatten(metrics)
-        if self.kind == "wandb" and self._run is not None:
-            if not self._round_axis:
-                self._run.define_metric("round")
-                self._run.define_metric("round/*", step_metric="round")
-                self._round_axis = True
-            self._run.log({"round": r, **{f"round/{k}": v for k, v in flat.items()}})
-        elif self.kind == "csv":
-            self.log({f"round/{r}/{k}": v for k, v in flat.items()})
 
     def log_table(self, name: str, rows: list[dict], columns: list[str]) -> None:
-        """A W&B table (e.g. sample SFT rows to read in the UI); ignored by the other loggers."""
-        if self.kind == "wandb" and self._run is not None and rows:
+        """A table of rows (e.g. sample SFT rows to read in the W&B UI); ignored by the loggers without tables."""
+
+    def lightning_logger(self):
+        """The Lightning logger of the train stage (False: none)."""
+        return False
+
+    def finish(self, ok: bool = True) -> None:
+        pass
+
+
+class CSVTracker(Tracker):
+    """Metrics as key,value rows in <run dir>/metrics.csv; Lightning's CSVLogger under csv_logs/."""
+
+    kind = "csv"
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["key", "value"])
+            w.writerows(sorted(flatten(metrics).items()))
+
+    def log_round(self, r: int, metrics: dict[str, Any]) -> None:
+        self.log({f"round/{r}/{k}": v for k, v in flatten(metrics).items()})
+
+    def lightning_logger(self):
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(self.run_dir), name="csv_logs", version="")
+
+
+class WandbTracker(Tracker):
+    """One W&B run per job (offline unless logged in), holding the resolved config, meta, commit and sweep info."""
+
+    kind = "wandb"
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, meta: dict[str, Any] | None = None, active: bool = True,
+                 **settings: Any):
+        super().__init__(cfg, run_dir, meta, active, **settings)
+        if not self.active:
+            return
+        import wandb
+
+        lc = settings
+        info = sweep_info()
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config["crescent"] = {**(meta or {}), "git_commit": git_commit(), **info}
+        tags = list(cfg.get("tags", [])) + [v for v in (info.get("experiment"), info.get("hparams_search")) if v]
+        self._run = wandb.init(
+            project=lc.get("project"), entity=lc.get("entity"), group=lc.get("group") or wandb_group(info),
+            job_type=lc.get("job_type") or "+".join(cfg.stages), tags=list(dict.fromkeys(tags)),
+            dir=str(self.run_dir), mode=_wandb_mode(lc.get("mode", "auto")), config=config, reinit="finish_previous",
+        )
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if self._run is not None:
+            flat = flatten(metrics)
+            self._run.log(flat)
+            self._run.summary.update(flat)
+
+    def log_round(self, r: int, metrics: dict[str, Any]) -> None:
+        if self._run is None:
+            return
+        if not self._round_axis:
+            self._run.define_metric("round")
+            self._run.define_metric("round/*", step_metric="round")
+            self._round_axis = True
+        self._run.log({"round": r, **{f"round/{k}": v for k, v in flatten(metrics).items()}})
+
+    def log_table(self, name: str, rows: list[dict], columns: list[str]) -> None:
+        if self._run is not None and rows:
             import wandb
 
             self._run.log({name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+
+    def lightning_logger(self):
+        if self._run is None:
+            return False
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(experiment=self._run)
 
     def finish(self, ok: bool = True) -> None:
         if self._run is not None:
             self._run.finish(exit_code=0 if ok else 1)
             self._run = None
+
+
+def build_tracker(cfg: DictConfig, run_dir: Path, meta: dict[str, Any] | None = None) -> Tracker:
+    """The tracker of cfg.logger (its `_target_`, built by hydra.utils.instantiate), active on global rank 0 only
+    (the others keep its Lightning logger, e.g. CSV, and log nothing themselves); no `_target_`: logs nothing."""
+    from crescent.utils.dist import is_global_zero
+
+    settings = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") is not None else {}
+    target = settings.pop("_target_", None)
+    if not target:
+        return Tracker(cfg, run_dir, meta)
+    from hydra.utils import instantiate
+
+    build = instantiate({"_target_": target, "_partial_": True})  # the run config stays out of OmegaConf's merge
+    tracker = build(cfg, run_dir, meta, is_global_zero(), **settings)
+    if not isinstance(tracker, Tracker):
+        raise TypeError(f"logger._target_={target!r} built a {type(tracker).__name__}, not a "
+                        "crescent.utils.tracking.Tracker")
+    return tracker

@@ -6,8 +6,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.config import (DTYPES, TOP_P, Rule, device, float_at_least, float_in, int_at_least, maybe,
+from crescent.config import (DTYPES, TARGET, TOP_P, Rule, device, float_at_least, float_in, int_at_least, maybe,
                              nonempty_str, one_of, optional, rule_errors, str_list, template)
+from crescent.utils.targets import user_target
 from crescent.verify.filters import FILTERS
 
 VERIFY_NAMES = ("none", "mc", "cot_binary", "cot_score", "tournament", "all_of")
@@ -43,6 +44,9 @@ def verify_errors(vcfg: Any, prefix: str = "verify", member: bool = False) -> li
         return []
     if not isinstance(vcfg, dict):
         return [f"  {prefix}={vcfg!r} is invalid: expected a verify config (verify={'|'.join(VERIFY_NAMES)})"]
+    target_errors = rule_errors(vcfg, {"_target_": TARGET}, prefix)
+    if target_errors or user_target(vcfg):  # a verifier of the user's own (its _target_ outside crescent) checks
+        return target_errors  # its own settings
     name = vcfg.get("name")
     allowed = tuple(n for n in VERIFY_NAMES if n not in ("none", "all_of")) if member else VERIFY_NAMES
     if name not in allowed:

@@ -5,11 +5,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from crescent.utils.hashing import plain
 from crescent.utils.seeding import derive_seed
 from crescent.verify.filters import keep_mask
-from crescent.verify.verifiers import VERIFIERS, Judgement
+from crescent.verify.verifiers import AllOf, Judgement, NoVerifier, Verifier
 
 _RAW_CHARS = 1000  # judge text kept per rejection row
 
@@ -25,14 +26,29 @@ class VerifyResult:
     details: list[list[dict]]  # score, valid, reason, kept, raw judge text, extra (all_of: members)
 
 
-def _plain(cfg: Mapping[str, Any] | DictConfig | None) -> dict:
-    if cfg is None:
-        return {"name": "none"}
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+def build_verifier(verify_cfg: Mapping[str, Any] | DictConfig | Verifier | None) -> Verifier:
+    """The Verifier of a verify config (conf/verify/<name>.yaml), built by hydra.utils.instantiate from its
+    `_target_` (members of all_of too); None or a bare {name: none} is verify=none."""
+    if isinstance(verify_cfg, Verifier):
+        return verify_cfg
+    vcfg = {"name": "none"} if verify_cfg is None else dict(plain(verify_cfg))
+    if "_target_" not in vcfg:
+        if vcfg.get("name", "none") == "none":
+            return NoVerifier("none")
+        raise ValueError(f"verify config {vcfg.get('name')!r} has no _target_: name the Verifier class that builds it "
+                         "(e.g. _target_: crescent.verify.verifiers.MC; see conf/verify/*.yaml)")
+    from hydra.utils import instantiate
+
+    verifier = instantiate(vcfg, _convert_="all")
+    if not isinstance(verifier, Verifier):
+        raise TypeError(f"verify._target_={vcfg['_target_']!r} built a {type(verifier).__name__}, not a "
+                        "crescent.verify.verifiers.Verifier")
+    return verifier
 
 
-def _single(judge, items, vcfg: dict, seed: int) -> tuple[list[list[Judgement]], list[list[bool]], list[list[str | None]]]:
-    judgements = VERIFIERS[vcfg["name"]](judge, items, vcfg, derive_seed(seed, vcfg["name"]))
+def _single(judge, items, verifier: Verifier, seed: int) -> tuple[list[list[Judgement]], list[list[bool]], list[list[str | None]]]:
+    vcfg = verifier.cfg
+    judgements = verifier.judgements(judge, items, derive_seed(seed, verifier.name))
     kept, reasons = [], []
     for js in judgements:
         k, why, _ = keep_mask([j.score for j in js], [j.valid for j in js], vcfg.get("filter", "threshold"),
@@ -66,20 +82,19 @@ def verify_samples(judge, items: Sequence[Mapping[str, Any]], verify_cfg: Mappin
 
     items: [{"id", "question", "responses": [str, ...], "answers": [str | None, ...]}] ("answers" is
     only copied into rejection rows). judge: a `crescent.verify.judge.Judge` (generation for the CoT
-    verifiers and the tournament, log-likelihoods for mc). verify_cfg: a conf/verify/*.yaml config
+    verifiers and the tournament, log-likelihoods for mc). verify_cfg: a Verifier or a conf/verify/*.yaml config
     (name none | mc | cot_binary | cot_score | tournament | all_of). The same inputs and seed give the
     same result. Gold answers are never seen here.
     """
-    vcfg = _plain(verify_cfg)
-    name = vcfg.get("name", "none")
-    if name == "none":
+    verifier = build_verifier(verify_cfg)
+    name = verifier.name
+    if isinstance(verifier, NoVerifier):
         kept = [[True] * len(it["responses"]) for it in items]
         details = [[{"score": None, "kept": True} for _ in row] for row in kept]
         none = [[None] * len(row) for row in kept]
         return VerifyResult(none, kept, [], {"verifier": "none", **_counts(kept, none)}, details)
-    if name == "all_of":
-        members = {m: _single(judge, items, dict(c), derive_seed(seed, "all_of", m))
-                   for m, c in (vcfg.get("verifiers") or {}).items()}
+    if isinstance(verifier, AllOf):
+        members = {m: _single(judge, items, v, derive_seed(seed, "all_of", m)) for m, v in verifier.members.items()}
         if not members:
             raise ValueError("verify=all_of needs at least one verifier under verify.verifiers")
         scores, kept, reasons, details = [], [], [], []
@@ -96,9 +111,7 @@ def verify_samples(judge, items: Sequence[Mapping[str, Any]], verify_cfg: Mappin
                                  for i, it in enumerate(items) for s in range(len(it["responses"]))),
                   "per_verifier": {m: _counts(k, r, js) for m, (js, k, r) in members.items()}}
     else:
-        if name not in VERIFIERS:
-            raise ValueError(f"verify.name={name!r}; allowed: none, {', '.join(VERIFIERS)}, all_of")
-        js, kept, why = _single(judge, items, vcfg, seed)
+        js, kept, why = _single(judge, items, verifier, seed)
         scores = [[j.score for j in row] for row in js]
         reasons = [[[r] if r else [] for r in row] for row in why]
         details = [[_detail(j, k, r) for j, k, r in zip(*rows)] for rows in zip(js, kept, why)]

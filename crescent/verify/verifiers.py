@@ -1,6 +1,7 @@
 """The verifiers: each scores every sample of every item in [0, 1] with the model as its own judge.
 
-A verifier is `fn(judge, items, vcfg, seed) -> [[Judgement per sample] per item]`.
+Each is `fn(judge, items, vcfg, seed) -> [[Judgement per sample] per item]`, wrapped by a `Verifier` class that
+conf/verify/<name>.yaml names in its `_target_` (MC, CotBinary, CotScore, Tournament; AllOf, NoVerifier).
 - mc: p(positive) / (p(positive) + p(negative)) of the continuations after the prompt (default
   " Correct" / " Incorrect"), from log-likelihoods (the full continuation, so multi-token words work).
 - cot_binary: the judge reasons, then "Verdict: correct|incorrect" -> 1.0 / 0.0.
@@ -18,7 +19,7 @@ import random
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -178,5 +179,61 @@ def tournament(judge, items: Sequence[Mapping], vcfg: Mapping[str, Any], seed: i
     return out
 
 
-VERIFIERS: dict[str, Callable[..., list[list[Judgement]]]] = {
-    "mc": mc, "cot_binary": cot_binary, "cot_score": cot_score, "tournament": tournament}
+class Verifier:
+    """A self-verifier, built from its conf/verify/<name>.yaml by `build_verifier` (hydra.utils.instantiate of the
+    YAML's `_target_`), the YAML's keys (name, filter, threshold, quantile, prompt, sampling...) as its settings.
+
+    `judgements(judge, items, seed)` scores every response of every item ([[Judgement per response] per item]);
+    `verify` then keeps or rejects them by the settings' filter (crescent.verify.core.verify_samples). A new
+    verifier is a subclass with its own `judgements` and a YAML whose `_target_` names it."""
+
+    def __init__(self, name: str, **settings: Any):
+        self.name = str(name)
+        self.cfg: dict[str, Any] = {"name": self.name, **settings}
+
+    def judgements(self, judge, items: Sequence[Mapping], seed: int) -> list[list[Judgement]]:
+        raise NotImplementedError(f"{type(self).__name__} (verify.name={self.name!r}) does not define judgements()")
+
+    def make_judge(self, backend, run_cfg: Mapping[str, Any]):
+        """The judge for this run: `backend` (or a factory for it) generates, log-likelihoods from the model."""
+        from crescent.verify.judge import build_judge
+
+        return build_judge(backend, run_cfg)
+
+    def verify(self, judge, items: Sequence[Mapping], seed: int = 0):
+        """crescent.verify.core.VerifyResult: scores, kept, rejections, counts of every response."""
+        from crescent.verify.core import verify_samples
+
+        return verify_samples(judge, items, self, seed)
+
+
+class MC(Verifier):
+    def judgements(self, judge, items, seed):
+        return mc(judge, items, self.cfg, seed)
+
+
+class CotBinary(Verifier):
+    def judgements(self, judge, items, seed):
+        return cot_binary(judge, items, self.cfg, seed)
+
+
+class CotScore(Verifier):
+    def judgements(self, judge, items, seed):
+        return cot_score(judge, items, self.cfg, seed)
+
+
+class Tournament(Verifier):
+    def judgements(self, judge, items, seed):
+        return tournament(judge, items, self.cfg, seed)
+
+
+class NoVerifier(Verifier):
+    """verify=none: every response is kept."""
+
+
+class AllOf(Verifier):
+    """AND of the verifiers under `verifiers` (each built from its own _target_): kept when every member keeps it."""
+
+    @property
+    def members(self) -> dict[str, Verifier]:
+        return dict(self.cfg.get("verifiers") or {})

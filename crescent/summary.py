@@ -1,4 +1,4 @@
-"""The one-screen summary printed at the end of a run."""
+"""The one-screen summary printed at the end of a run, from the stages' StageResults (crescent.utils.stage)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,12 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from crescent.utils.stage import StageResult
 
-def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
+
+def print_summary(cfg: DictConfig, results: dict[str, StageResult], run_dir: Path) -> None:
     console = Console(stderr=False)
-    gen = results.get("generate")
+    gen = results["generate"].record if "generate" in results else None
     if gen:
         c = gen["counts"]
         t = Table(title=f"crescent generate: {cfg.teacher.name} ({'cache hit' if gen.get('cache_hit') else 'generated'})")
@@ -32,7 +34,7 @@ def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
         secs = gen.get("timings_s", {})
         t.add_row("time questions / answers (s)", f"{secs.get('questions', 0)} / {secs.get('answers', 0)}")
         console.print(t)
-    tr = results.get("train")
+    tr = results["train"].record if "train" in results else None
     if tr:
         m = tr.get("metrics", {})
         t = Table(title=f"crescent train: {tr['student']} ({cfg.train.name})")
@@ -46,22 +48,22 @@ def print_summary(cfg: DictConfig, results: dict, run_dir: Path) -> None:
         t.add_row("wall (s)", str(tr["wall_s"]))
         console.print(t)
     ev = results.get("eval")
-    if ev:
-        _print_eval(console, ev)
+    if ev is not None and "results" in ev.artifacts:
+        _print_eval(console, ev.artifacts["results"])
     console.print(f"run dir: {run_dir}")
     if gen:
         console.print(f"  synth/sft.jsonl, synth/questions.jsonl, synth/manifest.json (cache: {gen['cache_dir']})")
     if tr:
         console.print("  hf_export/ (save_pretrained model + tokenizer), checkpoints/last.ckpt, train_result.json")
-    if ev:
+    if ev is not None:
         console.print("  eval/results.json, eval/summary.md, eval/summary.png, eval/samples_*.jsonl")
 
 
-def _print_eval(console: Console, ev: dict) -> None:
+def _print_eval(console: Console, results_path: str) -> None:
     from crescent.eval.report import summary_rows
     from crescent.utils.io import read_json
 
-    result = read_json(ev["results"])
+    result = read_json(results_path)
     models, rows = summary_rows(result["rows"])
     names = ", ".join(f"{tag} = {m['name']}" for tag, m in result["models"].items())
     t = Table(title=f"crescent eval ({names}; limit={result['settings'].get('limit')})")

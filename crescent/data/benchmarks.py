@@ -1,4 +1,4 @@
-"""Benchmark documents from the files shipped in crescent/eval/data, or from a user's local file.
+"""Benchmark documents from the files shipped in crescent/data, or from a user's local file.
 
 Each loader returns {"test": [doc, ...], "fewshot": [doc, ...]} with the field names lm-eval's own
 task YAMLs use (so the prompts in conf/eval/benchmark/*.yaml read like lm-eval's).
@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent
 Docs = dict[str, list[dict]]
 
 _NUMBER = re.compile(r"-?[0-9][0-9,]*(?:\.[0-9]+)?")
@@ -31,7 +31,7 @@ def _checksums() -> dict[str, str]:
 def data_file(rel: str) -> Path:
     """A shipped data file, after checking it against SHA256SUMS (once per process)."""
     path = DATA_DIR / rel
-    restore = f"restore it from the crescent repository (git checkout -- crescent/eval/data/{rel}) or reinstall crescent"
+    restore = f"restore it from the crescent repository (git checkout -- crescent/data/{rel}) or reinstall crescent"
     if not path.is_file():
         raise FileNotFoundError(f"shipped benchmark file {path} is missing: {restore}")
     want = _checksums().get(rel)
@@ -171,7 +171,7 @@ def piqa() -> Docs:
 def _minerva_doc(problem: str, solution: str, **extra) -> dict:
     """A MATH document as lm-eval's minerva_math process_docs builds it: the gold answer is the
     normalised content of the solution's last \\boxed{} (for MATH-500 too, as lm-eval does)."""
-    from crescent.eval import minerva
+    from crescent.answers import minerva
 
     boxed = minerva.last_boxed_only_string(solution)
     answer = minerva.normalize_final_answer(minerva.remove_boxed(boxed)) if boxed else ""
@@ -290,7 +290,7 @@ def _user_file(name: str, path: str | None, source: str) -> Path:
 def mnli(split: str = "matched", path: str | None = None) -> Docs:
     """MultiNLI dev (GLUE's dev_matched.tsv / dev_mismatched.tsv, 9,815 / 9,832), as HF glue/mnli:
     premise = sentence1, hypothesis = sentence2, label 0 entailment / 1 neutral / 2 contradiction (from
-    gold_label). Not shipped: the file is read from crescent/eval/data/glue/MNLI/ or loader_options.path."""
+    gold_label). Not shipped: the file is read from crescent/data/glue/MNLI/ or loader_options.path."""
     if split not in ("matched", "mismatched"):
         raise ValueError(f"mnli loader_options.split={split!r}; allowed: 'matched' or 'mismatched'")
     p = _user_file(f"mnli_{split}", path, "mnli")
@@ -308,7 +308,7 @@ def mnli(split: str = "matched", path: str | None = None) -> Docs:
 def drop(path: str | None = None) -> Docs:
     """DROP dev (drop_dataset_dev.json, 9,536 questions) in the form of HF EleutherAI/drop, which lm-eval's
     drop task reads (its process_docs then builds the gold answers). Not shipped: the file is read from
-    crescent/eval/data/drop/ or loader_options.path."""
+    crescent/data/drop/ or loader_options.path."""
     p = _user_file("drop", path, "drop")
     data = json.loads(p.read_text(encoding="utf-8"))
     docs = []
@@ -344,7 +344,7 @@ def nq_open() -> Docs:
 
 def sudoku(seed: int = 0) -> Docs:
     """4x4 Sudoku: one puzzle with a unique solution per solved grid (288), generated with `seed`."""
-    from crescent.eval.sudoku import puzzles
+    from crescent.data.sudoku import puzzles
 
     return {"test": [dict(d) for d in puzzles(int(seed))], "fewshot": []}
 

@@ -1,7 +1,5 @@
-"""Answer equality shared by stages (voting at synthesis time, scoring at eval time).
-
-The numeric extraction and equality live in crescent.synth.voting (re-exported here unchanged, so
-eval does not import the synth stage directly). This module adds what eval needs on top:
+"""Answer equivalence for scoring, on top of the numeric extraction and equality of
+crescent.answers.numeric (shared by voting at synthesis time and scoring at eval time):
 
 - `canonical_number`: a gold value read from JSON/CSV (51.0, "51.0", "1,250") as the canonical
   string voting uses ("51", "1250"), so that numbers compare by value under exact match too;
@@ -17,7 +15,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from crescent.synth.voting import CANONICAL, answers_equal, extract_answer, parse_answer  # noqa: F401 (re-exports)
+from crescent.answers.numeric import answers_equal, extract_answer
 
 _PLAIN_NUMBER = re.compile(r"\s*\$?\s*-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*")
 _OUTER = " \t\n.,;:!?\"'()[]{}"
