@@ -16,7 +16,7 @@ TINY = ["model@teacher=tiny_llama", "logger=none", "stages=[eval]", "eval=smoke"
 
 
 def test_self_consistency_task_is_lm_evals_repeats_and_majority_vote():
-    from conftest import compose_cfg
+    from helpers import compose_cfg
     from omegaconf import OmegaConf
 
     specs = OmegaConf.to_container(compose_cfg(["eval=all", "+eval/benchmark@eval.benchmarks.math=math"]).eval.benchmarks, resolve=True)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import plugin_example
-from conftest import ROOT
+from helpers import ROOT
 from crescent import pipeline
 from crescent.config import ConfigError
 

@@ -178,17 +178,18 @@ def test_optuna_voting_metric_resolves_for_any_shot_list_or_fails_before_the_tri
     from crescent.config import ConfigError
     from crescent.eval.report import metric_dict
     from crescent.pipeline import check_objective, objective
+    from crescent.utils.stage import StageResult
 
     cfg = compose_with_hydra(["hparams_search=optuna_voting", "eval.tasks=[gsm8k,asdiv]"])
     assert list(cfg.eval.num_fewshot) == [0, 5]
     rows = [{"model": m, "task": t, "num_fewshot": k, "filter": "flexible-extract", "metric": "exact_match",
              "value": v + k / 100} for m, v in (("base", 0.1), ("trained", 0.3)) for t in ("gsm8k", "asdiv")
             for k in (0, 5)]
-    assert objective(cfg, {"eval": {"metrics": metric_dict(rows)}}) == pytest.approx(0.3)  # trained, 0-shot
+    assert objective(cfg, {"eval": StageResult(metrics=metric_dict(rows))}) == pytest.approx(0.3)  # trained, 0-shot
     one = make_cfg("optimized_metric=eval/gsm8k_0shot/flexible-extract", "eval.num_fewshot=[0]")
     assert check_objective(one) == "eval/gsm8k/flexible-extract"
     single = [r for r in rows if r["num_fewshot"] == 0]
-    assert objective(one, {"eval": {"metrics": metric_dict(single)}}) == pytest.approx(0.3)
+    assert objective(one, {"eval": StageResult(metrics=metric_dict(single))}) == pytest.approx(0.3)
     assert check_objective(make_cfg("optimized_metric=eval/delta/gsm8k_5shot/flexible-extract")) == \
         "eval/delta/gsm8k_5shot/flexible-extract"
     # names that cannot match fail at validate time, naming the choices
