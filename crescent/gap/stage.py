@@ -24,7 +24,7 @@ from crescent.config import ConfigError
 from crescent.eval.benchmarks import load_docs
 from crescent.gap import metrics as gm
 from crescent.gap import prompts as gp
-from crescent.gap.checks import stage_errors
+from crescent.config import gap_stage_errors as stage_errors
 from crescent.gap.report import markdown, print_table
 from crescent.synth.voting import answers_equal, extract_answer
 from crescent.utils.io import read_json, write_json, write_jsonl

@@ -6,7 +6,8 @@ each verifier computes and conf/verify/*.yaml for the prompts.
     result = verify_samples(judge, items, cfg.verify, seed)
     result.scores, result.kept, result.rejections, result.counts
 """
-from crescent.verify.checks import VERIFY_NAMES, verify_errors
+from crescent.config import verify_errors
+from crescent.config.choices import VERIFY_NAMES
 from crescent.verify.core import VerifyResult, verify_samples
 from crescent.verify.judge import HFJudge, Judge, build_judge
 
