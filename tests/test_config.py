@@ -1,4 +1,5 @@
 """Every option of every group composes; bad values fail fast with the key and allowed values."""
+import os
 import subprocess
 import sys
 import time
@@ -140,3 +141,118 @@ def test_cli_bad_value_fails_fast_before_model_load(tmp_path):
     assert "voting.k=0" in out.stderr and "dedup.threshold=1.5" in out.stderr
     assert time.perf_counter() - t0 < 30  # python + hydra start-up; no model is loaded
     assert not (tmp_path / "synth").exists()
+
+
+# ----- issue 21 item 7: unknown `+` keys and path keys, rejected before any model loads, naming the key ----------
+
+@pytest.mark.parametrize("overrides,line", [
+    (["+sampling.num_question=3"], "sampling.num_question=3 is invalid: unknown key; expected one of the keys "
+                                   "['name', 'num_questions', "),
+    (["+sampling.num_question=3"], "(did you mean sampling.num_questions?)"),
+    (["+sampling.question.temprature=0.5"], "sampling.question.temprature=0.5 is invalid: unknown key"),
+    (["+voting.kk=5"], "voting.kk=5 is invalid: unknown key"),
+    (["+backend.batchsize=4"], "backend.batchsize=4 is invalid: unknown key"),
+    (["+seeed=1"], "seeed=1 is invalid: unknown key"),
+    (["stages=[generate,train]", "+train.learning_rate=0.1"], "train.learning_rate=0.1 is invalid: unknown key"),
+    (["stages=[generate,train]", "+trainer.gpus=2"], "trainer.gpus=2 is invalid: unknown key"),
+    (["stages=[eval]", "+eval.benchmarks.gsm8k.templat=x"], "eval.benchmarks.gsm8k.templat='x' is invalid: unknown"),
+    (["stages=[gap]", "+gap.n_sample=3"], "gap.n_sample=3 is invalid: unknown key"),
+    (["verify=mc", "+verify.treshold=0.5"], "verify.treshold=0.5 is invalid: unknown key"),
+])
+def test_unknown_key_in_a_known_group_is_rejected(overrides, line, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(overrides, tmp_path))
+    assert line in str(e.value)
+
+
+def test_hydra_target_keys_are_not_data(tmp_path):
+    """`_target_` (hydra.utils.instantiate) is construction, never an unknown key."""
+    validate(compose_cfg(["+backend._target_=crescent.backends.hf.HFBackend"], tmp_path))
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["paths.cache_dir=/dev/null"], "paths.cache_dir='/dev/null' is invalid: expected a folder"),
+    (["paths.cache_dir=/etc/passwd/cache"], "paths.cache_dir='/etc/passwd/cache' is invalid: expected a folder; "
+                                            "'/etc/passwd' is a file"),
+    (["stages=[generate,train]", "train.data=/etc/passwd"],
+     "train.data='/etc/passwd' is invalid: expected a chat `messages` jsonl (a file ending in .jsonl)"),
+    (["questions=dataset", "questions.dataset.loader=file", "questions.dataset.path=../../../../etc/shadow"],
+     "questions.dataset.path='../../../../etc/shadow' is invalid: expected a question dataset (.jsonl/.json/.csv)"),
+    (["questions=dataset", "questions.dataset.loader=file", "questions.dataset.path=/no/such.jsonl"],
+     "questions.dataset.path='/no/such.jsonl' is invalid: expected an existing .jsonl/.json/.csv file"),
+])
+def test_bad_path_names_key_and_allowed(overrides, line, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ../../../../etc/shadow from /tmp/pytest-of-*/pytest-*/<test>/ is /etc/shadow
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(overrides, tmp_path))
+    assert line in str(e.value)
+
+
+@pytest.mark.parametrize("row,ok", [
+    ('{"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]}', True),
+    ('{"prompt": "1+1?", "completion": "2"}', False),
+    ("root:x:0:0:root:/root:/bin/bash", False),
+    ("", False),
+])
+def test_train_data_first_row_is_a_chat_row(row, ok, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(row + "\n")
+    cfg = compose_cfg(["stages=[generate,train]", f"train.data={data}"], tmp_path)
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"train.data='.*sft.jsonl' is invalid: its first row is not a JSON "
+                                              r"object with a `messages` list"):
+            validate(cfg)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_unreadable_dataset_file_is_named(tmp_path):
+    data = tmp_path / "questions.jsonl"
+    data.write_text('{"question": "1+1?"}\n')
+    data.chmod(0)
+    cfg = compose_cfg(["questions=dataset", "questions.dataset.loader=file", f"questions.dataset.path={data}"],
+                      tmp_path)
+    with pytest.raises(ConfigError, match=r"questions.dataset.path='.*' is invalid: the file cannot be read"):
+        validate(cfg)
+
+
+# ----- one source of truth -------------------------------------------------------------------------------------
+
+def test_config_hash_keeps_its_values(tmp_path):
+    """The synth cache key is stable_hash(synth_config) and equals the key of the code before the config package
+    (sha256 of the sorted JSON, 16 hex), so existing caches stay valid."""
+    import hashlib
+    import json
+
+    from crescent.config import synth_config
+    from crescent.utils.hashing import stable_hash
+
+    cfg = compose_cfg([], tmp_path)
+    old = hashlib.sha256(json.dumps(synth_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_hash(cfg) == stable_hash(synth_config(cfg)) == old
+
+
+def test_option_unions_list_the_choices_in_their_order():
+    """The schema's group options (discriminated unions) are the choices' Literals, in the same order."""
+    from typing import get_args
+
+    from crescent.config import choices, schema
+    from crescent.config.fields import _models, _tags
+
+    for field, values in (("backend", choices.BACKENDS), ("dedup", choices.DEDUP), ("logger", choices.LOGGERS),
+                          ("teacher", choices.MODEL_SOURCES)):
+        tags = [t for m in _models(schema.Run.model_fields[field].annotation) for t in _tags(m)]
+        assert sorted(tags) == sorted(values), field
+    assert set(schema.JUDGES) == set(choices.VERIFY_NAMES) - {"none", "all_of"}
+    assert get_args(choices.Backend) == choices.BACKENDS
+
+
+def test_config_imports_no_stage_module():
+    """The config package is a service layer: importing it loads no stage (nor anything above utils)."""
+    code = ("import sys, crescent.config as c; from crescent.config import checks; "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] != ['crescent', 'config'] "
+            "and m.startswith('crescent.') and not m.startswith('crescent.utils')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
