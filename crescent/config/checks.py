@@ -451,8 +451,11 @@ def verify_errors(vcfg: Any, prefix: str = "verify", member: bool = False) -> li
     if name not in allowed:
         return [f"  {prefix}.name={name!r} is invalid: expected one of {list(allowed)}"]
     if name == "none":
-        return []
+        return errors_of(S.NoVerify, vcfg, prefix)
     if name == "all_of":
+        errors = errors_of(S.AllOfVerify, vcfg, prefix)
+        if errors:
+            return errors
         members = vcfg.get("verifiers")
         if not isinstance(members, dict) or not members:
             return [f"  {prefix}.verifiers={members!r} is invalid: expected a non-empty mapping of verify configs"]

@@ -469,6 +469,15 @@ class TournamentJudge(_Judge):
     sampling: JudgeSampling
 
 
+class NoVerify(Section):
+    name: Literal["none"]
+
+
+class AllOfVerify(Section):  # each member: one of JUDGES (checks.verify_errors)
+    name: Literal["all_of"]
+    verifiers: Any = None
+
+
 JUDGES = {"mc": McJudge, "cot_binary": CotBinaryJudge, "cot_score": CotScoreJudge, "tournament": TournamentJudge}
 
 
