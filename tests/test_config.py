@@ -358,3 +358,25 @@ def test_config_imports_no_stage_module():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_describe_lists_every_leaf_of_a_full_composition(tmp_path):
+    """describe() (the schema as rows, for docs and help) has a row for every leaf the YAML tree composes."""
+    import re
+
+    from crescent.config import describe
+
+    rows = describe()
+    keys = {re.sub(r"\[[^]]*\]", "", r.key) for r in rows}
+    assert all(r.allowed and r.allowed != "a valid value" for r in rows), [r for r in rows if not r.allowed]
+    cfg = OmegaConf.to_container(compose_cfg(["debug=default", ALL_STAGES, "verify=mc"], tmp_path), resolve=False)
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict) and v and k not in ("benchmarks", "lm_eval", "loader_options", "benchmark"):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    missing = [k for k in leaves(cfg) if k not in keys and k.rsplit(".", 1)[0] not in keys]
+    assert not missing, missing

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crescent.backends.base import Backend, Prompt, SamplingParams
-
-BACKENDS = ("hf", "vllm", "fast")
+from crescent.config.choices import BACKENDS
 
 
 def build_backend(

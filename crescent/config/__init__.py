@@ -9,7 +9,7 @@ Where things go:
 - a new group: a model in schema.py and a field of `Run` (or of the stage model that checks it, e.g. EvalStage).
 - a group option (backend, dedup, logger, model source): a model with `name: Literal["x"]` added to the union.
 - a rule over several keys (a file exists, sizes divide): a function in checks.py called from config_errors().
-describe() lists every key with its type, default and allowed values (docs, --help)."""
+describe() lists every key with its type, default and allowed values (docs, --help): crescent.config.describe."""
 from crescent.config.checks import (ConfigError, benchmark_errors, check_hardware, config_errors, gap_errors,
                                     gap_stage_errors, get_key, hardware_errors, plain_config, validate, verify_errors)
 from crescent.config.fields import MISSING, SEED_MAX, Unresolved
@@ -18,3 +18,6 @@ from crescent.config.synth import SYNTH_CODE_VERSION, SYNTH_KEYS, config_hash, s
 __all__ = ["ConfigError", "validate", "config_errors", "check_hardware", "hardware_errors", "benchmark_errors",
            "verify_errors", "gap_errors", "gap_stage_errors", "get_key", "plain_config", "synth_config", "config_hash",
            "MISSING", "Unresolved", "SEED_MAX", "SYNTH_CODE_VERSION", "SYNTH_KEYS"]
+from crescent.config.describe import describe  # noqa: E402
+
+__all__ += ["describe"]

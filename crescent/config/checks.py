@@ -88,7 +88,8 @@ def benchmark_errors(spec: Any, key: str) -> list[str]:
         bad = [m for m in ([metric] if isinstance(metric, str) else metric if isinstance(metric, list) else [])
                if m not in GEN_METRICS]
         if bad:
-            errors.append(f"  {key}.metric={metric!r} is invalid: {bad} unknown; expected exact_match and/or math_equal")
+            errors.append(f"  {key}.metric={metric!r} is invalid: {bad} unknown; expected "
+                          f"{' and/or '.join(GEN_METRICS)}")
     if spec.get("kind") == "multiple_choice" and spec.get("choices") is None:
         errors.append(f"  {key}.choices: missing (a multiple-choice benchmark needs its choices)")
     for field, value in spec.items():
@@ -334,7 +335,7 @@ def get_key(cfg: Mapping, key: str) -> Any:
 
 
 def _plain(node: Any, keys: Any = None) -> Any:
-    """A container as plain data, resolved; a value that fails to resolve becomes Unresolved (fields.errors_of reports it)."""
+    """A container as plain data, resolved; a value that fails to resolve becomes Unresolved (errors_of reports it)."""
     if not isinstance(node, Container):
         return node
     if keys is None:

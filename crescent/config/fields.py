@@ -109,7 +109,8 @@ def ListOf(choices: Any) -> Any:
 def Template(*fields: str) -> Any:
     """A prompt string holding each {field} placeholder."""
     need = " and ".join("{" + f + "}" for f in fields)
-    return Check(f"a string containing {need}", lambda x: isinstance(x, str) and all("{" + f + "}" in x for f in fields))
+    return Check(f"a string containing {need}",
+                 lambda x: isinstance(x, str) and all("{" + f + "}" in x for f in fields))
 
 
 DEVICE = Check("'cpu', 'cuda' or 'cuda:N'", lambda x: isinstance(x, str) and bool(re.fullmatch(r"cpu|cuda(:\d+)?", x)))
@@ -126,6 +127,8 @@ def allowed_of(tp: Any) -> str:
             return m.text
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return f"a mapping with keys {list(tp.model_fields)}"
+    if get_origin(tp) is Literal:  # a group option's tag
+        return f"one of {list(get_args(tp))}"
     return "a valid value"
 
 
@@ -266,5 +269,4 @@ def errors_of(model: type[BaseModel], data: Any, prefix: str = "") -> list[str]:
 
 __all__ = ["MISSING", "Unresolved", "Allowed", "Section", "WholeSection", "Check", "Int", "Num", "POSITIVE",
            "FRACTION", "TOP_P", "SEED", "SEED_MAX", "BOOL", "STR", "NONEMPTY", "MAPPING", "OneOf", "StrList",
-           "ListOf", "Template", "DEVICE", "Null", "allowed_of", "errors_of", "is_num", "is_int", "is_str",
-           "Literal"]
+           "ListOf", "Template", "DEVICE", "Null", "allowed_of", "errors_of", "is_num", "is_int", "is_str"]

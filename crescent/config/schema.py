@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field
 
 from crescent.config import choices as C
-from crescent.config.fields import (BOOL, DEVICE, FRACTION, MAPPING, NONEMPTY, POSITIVE, SEED, STR, TOP_P, Allowed,
+from crescent.config.fields import (BOOL, DEVICE, FRACTION, NONEMPTY, POSITIVE, SEED, STR, TOP_P, Allowed,
                                     Check, Int, ListOf, Null, Num, OneOf, Section, StrList, Template, WholeSection,
                                     is_int, is_num, is_str)
 
