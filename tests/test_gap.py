@@ -9,7 +9,7 @@ import crescent.backends
 from helpers import compose_cfg
 from crescent.config import ConfigError
 from crescent.gap import prompts as gp
-from crescent.gap.checks import gap_errors, stage_errors
+from crescent.config import gap_errors, gap_stage_errors as stage_errors
 from crescent.gap.metrics import gap_metrics, maj_correct, pass_at_k, question_terms, sample_metrics
 from crescent.gap import stage as gap_stage
 from crescent.pipeline import stage_context

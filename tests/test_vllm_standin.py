@@ -19,7 +19,7 @@ def fake_vllm(monkeypatch, tmp_path):
     """The stand-in first on sys.path (and for spawned workers through sys.path), its call log reset; removed after."""
     monkeypatch.syspath_prepend(str(FAKE))
     monkeypatch.setenv("FAKE_VLLM_LOG", str(tmp_path / "vllm_calls.jsonl"))
-    from crescent import config
+    from crescent.config import checks as config
 
     monkeypatch.setattr(config, "_cuda_device_count", lambda: 8)  # the stand-in plays an 8-GPU host for validate
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:

@@ -35,7 +35,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Sequence
 
-TIE_POLICIES = ("first", "random", "drop")
+from crescent.config.choices import TIE_POLICIES
+
 CANONICAL = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?", re.ASCII)
 # why a response has no answer: not a string; blank; the final marker holds NaN/inf/undefined; it holds
 # unevaluated maths (a root, pi, a power, an operator); no usable number at all; a bug (never expected)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crescent.backends.base import Backend, Prompt, SamplingParams
+from crescent.config.choices import BACKENDS
 
 
 def build_backend(

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 from crescent.backends.base import Prompt, SamplingParams
 from crescent.backends.hf import cut_at_stop
 from crescent.backends.native import KEY_BLOCK, block_keys
+from crescent.config.choices import KERNELS
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # fixed inverse frequencies (no length-dependent rescaling)
-KERNELS = ("auto", "native", "torch")
 # GEMM libraries pick kernels by row count, and the kernel changes the rounding (oneDNN's bf16 GEMMs on a Xeon with
 # AMX give other bits below 37 rows and, for some shapes, from 256 rows; the same bits for 37-255 rows; the tests
 # that check a row's tokens do not depend on its neighbours pass on an AVX512-BF16 EPYC too).

@@ -5,6 +5,8 @@ import logging
 import math
 from typing import Any, Mapping, Sequence
 
+from crescent.config.choices import EVAL_ENGINES, EVAL_GENERATORS
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,7 @@ def lm_eval_version() -> str:
     return version("lm_eval")
 
 
-GENERATORS = ("hf", "fast", "auto")
-ENGINES = ("hf", "vllm")  # eval.engine: crescent.config.EVAL_ENGINES
+GENERATORS, ENGINES = EVAL_GENERATORS, EVAL_ENGINES
 # eval.vllm.* keys that go to lm-eval's VLLM model (and from there to vllm.LLM) under the same name
 VLLM_ARGS = ("tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype", "seed",
              "batch_size", "enforce_eager")

@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-MODEL_ORDER = ("base", "trained")
+from crescent.config.choices import EVAL_MODELS
+
+MODEL_ORDER = EVAL_MODELS
 
 
 def score_name(row: dict) -> str:

@@ -14,22 +14,20 @@ import inspect
 from functools import partial
 from typing import Any, Mapping
 
+from crescent.config.choices import ALLOWED_PY, BENCHMARK_KINDS, EVAL_FILTERS, GEN_METRICS
 from crescent.data.benchmarks import load_docs, same_subject_sampler
 
-KINDS = ("generate", "multiple_choice")
+KINDS = BENCHMARK_KINDS
 # lm-eval gsm8k.yaml (v3): strict = the number after '#### '; flexible = the last number in the text
 STRICT = r"#### (\-?[0-9\.\,]+)"
 FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 ANSWER_IS = r"The answer is (\-?[0-9\.\,]+)."  # lm-eval gsm8k-cot's strict regex
 BOXED = r"\\boxed\{([^{}]*)\}"
-FILTERS = ("strict-match", "flexible-extract", "answer-is", "boxed", "crescent-extract", "custom-regex",
-           "remove_whitespace", "none")
-GEN_METRICS = ("exact_match", "math_equal")
+FILTERS = EVAL_FILTERS
 # gsm8k.yaml's exact_match: commas, '$', a trailing '.' and everything up to '#### ' are ignored
 EXACT_MATCH = {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
                "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}
 SAMPLERS = {"same_subject": same_subject_sampler}
-ALLOWED_PY = ("crescent.", "lm_eval.")
 
 
 def _regex_filter(name: str, pattern: str, last: bool = False) -> dict:

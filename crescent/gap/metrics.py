@@ -18,6 +18,7 @@ from math import comb
 from typing import Sequence
 
 from crescent.answers import answers_equal, majority_vote
+from crescent.config.choices import EMPTY_POLICIES, PERFECT_POLICIES
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -58,10 +59,10 @@ def question_terms(correct: Sequence[bool], kept: Sequence[bool], perfect_policy
 def gap_metrics(correct: Sequence[Sequence[bool]], kept: Sequence[Sequence[bool]],
                 perfect_policy: str = "exclude", empty_policy: str = "unchanged") -> dict:
     """The gap metrics over questions (see the module docstring); `per_question` holds each question's terms."""
-    if perfect_policy not in ("exclude", "zero"):
-        raise ValueError(f"perfect_question_policy={perfect_policy!r}; allowed: ['exclude', 'zero']")
-    if empty_policy not in ("unchanged", "exclude"):
-        raise ValueError(f"empty_keep_policy={empty_policy!r}; allowed: ['unchanged', 'exclude']")
+    if perfect_policy not in PERFECT_POLICIES:
+        raise ValueError(f"perfect_question_policy={perfect_policy!r}; allowed: {list(PERFECT_POLICIES)}")
+    if empty_policy not in EMPTY_POLICIES:
+        raise ValueError(f"empty_keep_policy={empty_policy!r}; allowed: {list(EMPTY_POLICIES)}")
     per_q = []
     for c, k in zip(correct, kept):
         t = question_terms(c, k, perfect_policy)

@@ -22,7 +22,7 @@ from crescent.config import ConfigError
 from crescent.data.benchmarks import load_docs
 from crescent.gap import metrics as gm
 from crescent.gap import prompts as gp
-from crescent.gap.checks import stage_errors
+from crescent.config import gap_stage_errors as stage_errors
 from crescent.gap.report import markdown, print_table
 from crescent.answers import answers_equal, extract_answer
 from crescent.utils.hashing import plain, stable_hash, without_targets

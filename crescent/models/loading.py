@@ -7,13 +7,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
+from crescent.config.choices import DTYPES as CONFIG_DTYPES, MODEL_SOURCES
 from crescent.models.embedded import build_once, convert_gguf, find_gguf
 from crescent.models.tiny import build_tiny_llama, tiny_cache_key
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("embedded", "tiny", "hub")
-DTYPES = ("float32", "bfloat16", "float16", "auto", "bf16_if_fast")
+SOURCES = MODEL_SOURCES
+DTYPES = tuple(d for d in CONFIG_DTYPES if d is not None)  # null: the preset default
 
 
 class ModelNotAvailableError(OSError):

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from crescent.config.choices import DEDUP_INDEX
+
 REASON_DUPLICATE = "duplicate"  # still a duplicate after all rewrites: dropped
 REASON_REWRITTEN = "duplicate_rewritten"  # a duplicate that was sent back to be rewritten
 
@@ -112,7 +114,7 @@ class DedupIndex:
       auto   exact up to `exact_max` items, then moves everything into hnsw.
     """
 
-    BACKENDS = ("exact", "faiss", "hnsw", "auto")
+    BACKENDS = DEDUP_INDEX
 
     def __init__(
         self,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-FORMATS = ("chat", "cot_fewshot", "direct_fewshot", "cot_zeroshot", "direct_zeroshot")
+from crescent.config.choices import FORMATS
+
 ZERO_SHOT_COT = "Let's think step by step."
 
 

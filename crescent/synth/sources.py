@@ -6,9 +6,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from crescent.config.choices import QUESTION_SOURCES
 from crescent.synth.prompts import fill, user_chat
 
-SOURCES = ("bait", "dataset", "seed_augment")
+SOURCES = QUESTION_SOURCES
 DATASET_LOADERS = ("gsm8k_train", "file")
 
 

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from crescent.config.choices import ATTN_IMPLEMENTATIONS
+
 log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # transformers' attn_implementation values
 
 
 def masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,11 +19,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crescent.config import ConfigError
+from crescent.config.choices import STRATEGIES
 from crescent.utils.hashing import plain, stable_hash
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "ddp", "deepspeed")
 ZERO_STAGES = (0, 1, 2, 3)
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

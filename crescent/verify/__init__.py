@@ -9,7 +9,8 @@ each verifier computes and conf/verify/*.yaml for the prompts.
 
 The stages get the verifier from the pipeline (StageContext.verifier) and never import this package.
 """
-from crescent.verify.checks import VERIFY_NAMES, verify_errors
+from crescent.config import verify_errors
+from crescent.config.choices import VERIFY_NAMES
 from crescent.verify.core import VerifyResult, build_verifier, verify_samples
 from crescent.verify.judge import HFJudge, Judge, build_judge
 from crescent.verify.verifiers import Verifier

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-FILTERS = ("threshold", "quantile")
+from crescent.config.choices import VERIFY_FILTERS
+
+FILTERS = VERIFY_FILTERS
 
 
 def quantile(values: Sequence[float], q: float) -> float:

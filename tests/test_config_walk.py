@@ -1,16 +1,12 @@
-"""Strict config validation (issue 8): every leaf of every group option rejects a bad value, naming the key, the
-value and what is allowed; the issue's named examples; validate() is fast and loads no model."""
-import copy
+"""The config walk (issue 8): every leaf of every group option rejects a bad value, naming the key, the value and
+what is allowed; validate() is fast and loads no model. Named messages: test_config.py."""
 import fnmatch
 import json
 import subprocess
 import sys
 import time
 
-import pytest
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from helpers import CONF, ROOT, compose_cfg
 from crescent.config import ConfigError, validate
@@ -144,110 +140,8 @@ def test_every_leaf_of_every_group_option_rejects_bad_values(tmp_path, capsys):
     assert cases > 300
 
 
-def _is_group(override):
-    key = override.split("=")[0].lstrip("+~")
-    return "@" in key or (CONF / key).is_dir()
-
-
-@pytest.fixture(scope="module")
-def make(tmp_path_factory):
-    """make(*overrides): the config composed once per set of group choices, value overrides applied to a copy."""
-    out, cache, parser = tmp_path_factory.mktemp("schema"), {}, OverridesParser.create()
-
-    def make(*overrides):
-        groups = tuple(o for o in overrides if _is_group(o))
-        if groups not in cache:
-            cache[groups] = compose_cfg([ALL_STAGES, *groups], out)
-        cfg = copy.deepcopy(cache[groups])
-        for o in parser.parse_overrides([o for o in overrides if not _is_group(o)]):
-            with open_dict(cfg):
-                if o.is_delete():
-                    parent, _, leaf = o.key_or_group.rpartition(".")
-                    del OmegaConf.select(cfg, parent)[leaf]
-                else:
-                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=False)
-        return cfg
-
-    return make
-
-
-@pytest.mark.parametrize("overrides,line", [
-    # the issue's examples
-    (["voting.k=-1"], "voting.k=-1 is invalid: expected an integer >= 1"),
-    (["dedup.threshold=1.5"], "dedup.threshold=1.5 is invalid: expected a number in [0.0, 1.0]"),
-    (["sampling.answer.temperature=-0.1"], "sampling.answer.temperature=-0.1 is invalid: expected a number >= 0.0"),
-    (["backend.name=tgi"], "backend.name='tgi' is invalid: expected one of ['hf', 'vllm', 'fast']"),
-    (["eval.tasks=[not_a_task]"], "eval.tasks=['not_a_task'] is invalid: 'not_a_task' is not in eval.benchmarks "
-                                  "(available: ['asdiv', 'gsm8k', 'gsm_plus_mini'])"),
-    (["trainer.devices=4", "train.global_batch_size=30"],
-     "train.global_batch_size=30 is invalid: expected a multiple of trainer.devices x trainer.num_nodes = 4"),
-    (["train.data=/no/such/file.jsonl"], "train.data='/no/such/file.jsonl' is invalid: no such file (expected a chat"),
-    # ranges and cross-field rules the walker's type-based probes do not reach
-    (["model@teacher=llama3_8b_instruct", "teacher.hf_id=llama3"],
-     "teacher.hf_id='llama3' is invalid: expected a hub id 'org/name' or an existing folder"),
-    (["teacher.gguf_file=nope.gguf"], "teacher.gguf_file='nope.gguf' is invalid: 'nope.gguf' not found in package"),
-    (["model@teacher=tiny_llama", "teacher.num_attention_heads=3"],
-     "teacher.num_attention_heads=3 is invalid: expected a divisor of hidden_size (64)"),
-    (["trainer=deepspeed_stage_2", "trainer.deepspeed.stage=4"],
-     "trainer.deepspeed.stage=4 is invalid: expected one of [0, 1, 2, 3]"),
-    (["trainer=deepspeed_stage_2", "trainer.deepspeed.offload_parameters=true"],
-     "trainer.deepspeed.offload_parameters=True is invalid with trainer.deepspeed.stage=2: expected stage 3"),
-    (["trainer=gpu", "trainer.strategy=deepspeed"], "trainer.deepspeed=None is invalid with trainer.strategy="),
-    (["train.resume=sometimes"], "train.resume='sometimes' is invalid: expected false, true or 'auto'"),
-    (["train=lora", "~train.lora.r"], "train.lora={'alpha': 32, 'dropout': 0.05, 'target_modules': ['q_proj', "),
-    (["train.optimizer.betas=[0.9,1.5]"], "train.optimizer.betas=[0.9, 1.5] is invalid: expected a list of two"),
-    (["eval.generator=fast", "eval.device=cuda"], "eval.generator='fast' is invalid with eval.device='cuda'"),
-    (["eval.trained_path=/no/such/export"], "eval.trained_path='/no/such/export' is invalid: expected an existing"),
-    (["eval.benchmarks.gsm8k.question_template=py:os.system"],
-     "eval.benchmarks.gsm8k.question_template='py:os.system' is invalid: expected a py: reference under"),
-    (["eval.benchmarks.gsm_plus_mini.loader_options.include_critical_thinking=1"],
-     "include_critical_thinking=1 is invalid: expected a bool"),
-    (["+eval.benchmarks.gsm8k.loader_options.subset=hard"], "loader_options.subset='hard' is invalid: expected an "
-                                                            "option of gsm8k"),
-    (["eval.benchmarks.gsm8k.regex='(unclosed'"], "eval.benchmarks.gsm8k.regex='(unclosed' is invalid"),
-    (["verify=mc", "verify.threshold=1.5"], "verify.threshold=1.5 is invalid: expected a number in [0.0, 1.0]"),
-    (["gap.top_p=0"], "gap.top_p=0 is invalid: expected a number in (0, 1]"),
-    (["gap.pass_k=[true]"], "gap.pass_k=[True] is invalid: expected a non-empty list of integers >= 1"),
-    (["optimized_metric=flexible-extract"], "optimized_metric='flexible-extract' is invalid: expected null or "
-                                            "'<stage>/<metric>'"),
-    (["backend=vllm", "backend.gpu_memory_utilization=0"], "backend.gpu_memory_utilization=0 is invalid"),
-    (["logger.mode=loud"], "logger.mode='loud' is invalid: expected one of ['auto', 'online', 'offline', 'disabled']"),
-    (["dedup.embedder=bert"], "dedup.embedder='bert' is invalid: expected one of ['all-MiniLM-L6-v2']"),
-    (["questions=seed_augment", "questions.augment_prompts.harder=no placeholder"],
-     "questions.augment_prompts.harder='no placeholder' is invalid: expected a string containing {question}"),
-    (["questions=dataset", "questions.dataset.loader=file", "questions.dataset.path=/no/such.jsonl"],
-     "questions.dataset.path='/no/such.jsonl' is invalid: expected an existing .jsonl/.json/.csv file"),
-    (["sampling=paper", "sampling.rewrite.n=4"], "sampling.rewrite.n=4 is invalid: expected 1"),
-    (["voting.k=true"], "voting.k=True is invalid: expected an integer >= 1"),  # bool is not an int
-])
-def test_named_bad_values(overrides, line, make):
-    with pytest.raises(ConfigError) as e:
-        validate(make(*overrides))
-    assert line in str(e.value)
-
-
-@pytest.mark.parametrize("override,names", [
-    ("backend=tgi", ["backend/tgi", "fast", "hf", "vllm"]),
-    ("model@teacher=gpt5", ["model/gpt5", "smollm2_135m_instruct", "tiny_llama"]),
-    ("logger=mlflow", ["logger/mlflow", "csv", "wandb"]),
-])
-def test_unknown_option_is_a_hydra_error_listing_the_options(override, names, tmp_path):
-    with pytest.raises(HydraException) as e:
-        compose_cfg([override], tmp_path)
-    assert all(n in str(e.value) for n in names)
-
-
-@pytest.mark.parametrize("overrides", [
-    ["train.resume=auto"], ["train.resume=true"], ["trainer.devices=auto"], ["train.max_steps=-1"],
-    ["model@teacher=llama3_8b_instruct", "teacher.hf_id=null", f"teacher.local_path={ROOT}"],
-    ["eval.limit=0.5"], ["eval.tasks=null"], ["optimized_metric=eval/gsm8k/flexible-extract"],
-])
-def test_good_values_pass(overrides, make):
-    validate(make(*overrides))
-
-
-def test_validate_is_fast(make):
-    cfg = make("eval=all", "verify=all_of")
+def test_validate_is_fast(tmp_path):
+    cfg = compose_cfg([ALL_STAGES, "eval=all", "verify=all_of"], tmp_path)
     validate(cfg)  # the first call imports the checks' modules
     t0 = time.perf_counter()
     validate(cfg)
@@ -270,3 +164,33 @@ print(json.dumps({{"s": time.perf_counter() - t0, "heavy": heavy}}))
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [] and result["s"] < 0.5, result
+
+
+UNTYPED = ("eval.benchmarks.*.lm_eval", "gap.benchmark.lm_eval")  # extra lm-eval task keys, passed through
+
+
+def mappings(node, prefix=""):
+    """The dotted key of every mapping in plain config data ('' for the root)."""
+    yield prefix.rstrip(".")
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from mappings(v, f"{prefix}{k}.")
+
+
+def test_every_mapping_rejects_an_unknown_key(tmp_path):
+    """A `+group.key=...` typo anywhere (issue 21 item 7): each mapping of a composition with every stage rejects a
+    key it does not know, naming it."""
+    cfg = compose_cfg(["debug=default", ALL_STAGES, "verify=all_of"], tmp_path)
+    validate(cfg)
+    failures, cases = [], 0
+    for parent in mappings(OmegaConf.to_container(cfg, resolve=False)):
+        if any(fnmatch.fnmatchcase(parent, pat) for pat in UNTYPED):
+            continue
+        key = f"{parent}.zz_unknown" if parent else "zz_unknown"
+        probe = cfg.copy()
+        OmegaConf.update(probe, key, 7, force_add=True)
+        cases += 1
+        failure = rejected(probe, key, 7)
+        failures += [failure] if failure else []
+    assert not failures, "\n".join(failures[:10])
+    assert cases > 30
