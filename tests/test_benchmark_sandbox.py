@@ -16,7 +16,7 @@ from jinja2 import TemplateError
 from omegaconf import open_dict
 
 from crescent.config import ConfigError, validate
-from crescent.eval import benchmarks as B
+from crescent.data import benchmarks as B
 from crescent.eval.tasks import build_task
 from crescent.utils import templates
 from crescent.utils.paths import PathNotAllowedError
