@@ -205,6 +205,7 @@ RULES: dict[str, Rule] = {
     "paths.output_dir": PATH,
     "paths.cache_dir": PATH,
     "paths.synth_cache": PATH,
+    "paths.eval_cache": maybe(optional(PATH)),  # h20cache: shared base-model eval cache (null: off)
     "backend.name": one_of(BACKENDS),
     "questions.name": nonempty_str(),
     "questions.source": one_of(QUESTION_SOURCES),
@@ -228,6 +229,7 @@ RULES: dict[str, Rule] = {
     "sampling.name": nonempty_str(),
     "sampling.num_questions": optional(int_at_least(1)),
     "sampling.answer_chunk": int_at_least(1),
+    "sampling.nested_k": maybe(boolean()),  # h20cache: per-sample answer streams (k sweeps reuse samples)
     **_decoding("sampling.question", with_n=True),
     **_decoding("sampling.rewrite", with_n=False),
     "sampling.rewrite.n": maybe(Rule("1 (one rewrite per duplicate and attempt)", lambda x: _int(x) and x == 1)),

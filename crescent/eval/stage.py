@@ -4,6 +4,12 @@ Writes eval/results.json (one row per model x task x shots x filter/metric, with
 lm-eval version and prompt settings), eval/samples_<model>_<task>_<k>shot.jsonl, eval/summary.md and
 eval/summary.png. Each (model, shots) unit is saved under eval/parts/ as it finishes, so an interrupted
 eval resumes where it stopped.
+
+The base model's units are also kept in the shared cache paths.eval_cache (null: off) under
+base/<key>/, the key hashing the model's weights (crescent.models.fingerprint: sha256 of its safetensors,
+config and tokenizer files, or hub id + revision), the model config, the task configs and shots, the
+score-changing eval settings, the lm-eval version and SCORING_VERSION: the jobs of a sweep score the base
+model once (a per-unit lock lets one job compute while the others wait and then read its result).
 """
 from __future__ import annotations
 
@@ -11,16 +17,19 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crescent.config import ConfigError
-from crescent.utils.io import read_json, write_json, write_jsonl
+from crescent.backends.locks import UnitLock
+from crescent.utils.io import read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 # settings that change scores (recorded in results.json, part of each unit's cache key)
+SCORING_VERSION = 1  # bump when crescent's scoring (task configs, answer extraction, filters) changes scores
 SETTINGS = ("limit", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "max_gen_toks",
             "max_length", "dtype", "bootstrap_iters", "random_seed", "fewshot_random_seed", "generator")
 
@@ -93,6 +102,21 @@ def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cach
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def shared_unit_dir(cfg: DictConfig, settings: dict, benchmarks: dict, model_cfg: dict, shots: int) -> Path | None:
+    """The shared-cache folder of a base-model unit (paths.eval_cache/base/<key>), or None when the cache is off."""
+    from crescent.eval.harness import lm_eval_version
+    from crescent.models.fingerprint import weights_fingerprint
+
+    root = cfg.paths.get("eval_cache")
+    if not root:
+        return None
+    blob = json.dumps({"settings": settings, "benchmarks": benchmarks, "model": model_cfg, "shots": shots,
+                       "weights": weights_fingerprint(model_cfg, cfg.paths.cache_dir),
+                       "lm_eval": lm_eval_version(), "scoring_version": SCORING_VERSION},
+                      sort_keys=True, default=str)
+    return Path(root) / "base" / hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, base_dir: str) -> tuple[dict, dict]:
     from crescent.eval import harness, scoring
     from crescent.eval.tasks import build_task
@@ -131,6 +155,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
         settings.update(engine=engine, vllm=OmegaConf.to_container(ec.vllm, resolve=True))
     rows: list[dict] = []
     samples_written = []
+    shared_hits: list[str] = []  # "<tag>_<shots>shot" units read from paths.eval_cache
     for tag, model_cfg in models.items():
         lm = None
         for shots, unit in shot_plan(benchmarks, ec.num_fewshot).items():
@@ -140,17 +165,34 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                 log.info("eval: %s %d-shot already scored (%s)", tag, shots, part)
                 rows += read_json(part)["rows"]
                 continue
-            if lm is None:
-                lm = _load_lm(model_cfg, cfg)
-            log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(unit))
-            raw, samples = _score_unit(lm, tag, unit, shots, cfg, _launch_dir())
-            unit_rows = harness.result_rows(raw, tag)
+            shared = shared_unit_dir(cfg, settings, unit, model_cfg, shots) if tag == "base" else None
+            lock = UnitLock(shared) if shared is not None else nullcontext()
+            with lock:  # one sweep job scores the base model; the others wait here and then read its result
+                if shared is not None and (shared / "part.json").is_file():
+                    log.info("eval: %s %d-shot from the shared cache %s", tag, shots, shared)
+                    unit_rows = read_json(shared / "part.json")["rows"]
+                    samples = {task: list(read_jsonl(shared / f"samples_{task}.jsonl")) for task in unit}
+                    cached = True
+                    shared_hits.append(f"{tag}_{shots}shot")
+                else:
+                    if lm is None:
+                        lm = _load_lm(model_cfg, cfg)
+                    log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(unit))
+                    raw, samples = _score_unit(lm, tag, unit, shots, cfg, _launch_dir())
+                    unit_rows = harness.result_rows(raw, tag)
+                    cached = False
+                    if shared is not None:
+                        shared.mkdir(parents=True, exist_ok=True)
+                        for task, task_samples in samples.items():
+                            write_jsonl(shared / f"samples_{task}.jsonl", task_samples)
+                        write_json(shared / "part.json", {"key": key, "model": model_cfg["name"], "shots": shots,
+                                                          "tasks": list(unit), "rows": unit_rows})  # last: complete
             for task, task_samples in samples.items():
                 path = out / f"samples_{tag}_{task}_{shots}shot.jsonl"
                 if ec.log_samples:
                     write_jsonl(path, task_samples)
                     samples_written.append(path)
-            write_json(part, {"key": key, "rows": unit_rows})
+            write_json(part, {"key": key, "rows": unit_rows, **({"shared": str(shared)} if cached else {})})
             rows += unit_rows
         if lm is not None and engine == "vllm":
             harness.release(lm)  # the engine's GPU memory back before the next model's engine
@@ -162,6 +204,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
         "models": {tag: {"name": m["name"], "path": m.get("local_path")} for tag, m in models.items()},
         "benchmarks": benchmarks,
         "rows": rows,
+        "shared_cache_hits": shared_hits,
         "wall_s": round(time.perf_counter() - t0, 2),
     }
     write_json(out / "results.json", result)
@@ -170,7 +213,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     if tracker is not None:
         _log_samples(tracker, samples_written)
     return {"metrics": metrics, "results": str(out / "results.json"), "summary": table,
-            "wall_s": result["wall_s"], "models": list(models)}
+            "wall_s": result["wall_s"], "models": list(models), "shared_cache_hits": shared_hits}
 
 
 def _load_lm(model_cfg: dict, cfg: DictConfig):
