@@ -166,7 +166,9 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                 rows += read_json(part)["rows"]
                 continue
             shared = shared_unit_dir(cfg, settings, unit, model_cfg, shots) if tag == "base" else None
-            lock = UnitLock(shared) if shared is not None else nullcontext()
+            if shared is not None:
+                shared.mkdir(parents=True, exist_ok=True)
+            lock = UnitLock(shared / "part.json") if shared is not None else nullcontext()
             with lock:  # one sweep job scores the base model; the others wait here and then read its result
                 if shared is not None and (shared / "part.json").is_file():
                     log.info("eval: %s %d-shot from the shared cache %s", tag, shots, shared)
@@ -182,7 +184,6 @@ def run(cfg: DictConfig, tracker=None) -> dict:
                     unit_rows = harness.result_rows(raw, tag)
                     cached = False
                     if shared is not None:
-                        shared.mkdir(parents=True, exist_ok=True)
                         for task, task_samples in samples.items():
                             write_jsonl(shared / f"samples_{task}.jsonl", task_samples)
                         write_json(shared / "part.json", {"key": key, "model": model_cfg["name"], "shots": shots,
