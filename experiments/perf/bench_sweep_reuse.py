@@ -45,7 +45,7 @@ def run_variant(name: str, ks: str, extra: list[str], work: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
     jobs = []
-    for manifest in sorted(sweep.glob("*/synth/manifest.json")):
+    for manifest in sorted(sweep.rglob("synth/manifest.json")):  # a path override nests the job's subdir name
         m = json.loads(manifest.read_text())
         ev = json.loads((manifest.parents[1] / "eval" / "results.json").read_text())
         jobs.append({"k": m["synth_config"]["voting"]["k"], "generate_wall_s": m["wall_s"],
