@@ -14,7 +14,8 @@ SWEEP = [*TINY, "stages=[generate,eval]", "eval=smoke", "eval.tasks=[arc_challen
 
 
 def _cfg(tmp_path: Path, name: str, *overrides: str, cache: str = "cache"):
-    return compose_cfg([*overrides, f"paths.output_dir={tmp_path}/{name}", f"paths.synth_cache={tmp_path}/{cache}/synth",
+    return compose_cfg([*overrides, f"paths.output_dir={tmp_path}/{name}",
+                        f"paths.synth_cache={tmp_path}/{cache}/synth",
                         f"paths.eval_cache={tmp_path}/{cache}/eval", "print_config=false"])
 
 
@@ -26,13 +27,15 @@ def test_question_key_ignores_voting_and_answer_sampling(tmp_path):
                            ["questions.answer_stop=[STOP]"], ["sampling.nested_k=true"]):
         assert keys.question_key(_cfg(tmp_path, "b", *TINY, *same_questions)) == qkey, same_questions
     for new_questions in (["seed=7"], ["sampling.question.temperature=0.3"], ["dedup.threshold=0.5"], ["dedup=none"],
-                          ["questions.max_calls=4"], ["sampling.num_questions=3"], ["model@teacher=smollm2_135m_instruct"]):
+                          ["questions.max_calls=4"], ["sampling.num_questions=3"],
+                          ["model@teacher=smollm2_135m_instruct"]):
         assert keys.question_key(_cfg(tmp_path, "b", *TINY, *new_questions)) != qkey, new_questions
     # answers: the question key + answer sampling + k (unless nested); votes and verification do not change them
     assert keys.answer_key(_cfg(tmp_path, "b", *TINY, "voting.k=5")) != akey
     assert keys.answer_key(_cfg(tmp_path, "b", *TINY, "sampling.answer.temperature=0.3")) != akey
     assert keys.answer_key(_cfg(tmp_path, "b", *TINY, "seed=7")) != akey
-    for same_answers in (["voting.tie=random"], ["voting.min_agreement=0.5"], ["voting.keep=all_agreeing"], ["verify=mc"]):
+    for same_answers in (["voting.tie=random"], ["voting.min_agreement=0.5"], ["voting.keep=all_agreeing"],
+                         ["verify=mc"]):
         assert keys.answer_key(_cfg(tmp_path, "b", *TINY, *same_answers)) == akey, same_answers
     nested = [keys.answer_key(_cfg(tmp_path, "b", *TINY, "sampling.nested_k=true", f"voting.k={k}")) for k in (1, 3, 8)]
     assert len(set(nested)) == 1 and nested[0] != akey
