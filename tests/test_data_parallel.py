@@ -70,7 +70,7 @@ def test_killing_one_worker_mid_stage_then_rerun_gives_the_same_rows(tmp_path):
     while victim is None:
         assert proc.poll() is None, "the run finished before a worker could be killed: " + proc.stderr.read().decode()[-2000:]
         assert time.time() - t0 < 600
-        for owner in cache.glob("*/*/*.lock.owner"):
+        for owner in cache.glob("**/*.lock.owner"):  # per-stage folders: questions/<key>/raw/..., answers/<key>/...
             try:
                 pid = json.loads(owner.read_text())["pid"]
             except (OSError, ValueError, KeyError):

@@ -94,7 +94,7 @@ def test_the_readme_user_benchmark_example_runs_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "crescent", "--config-dir", "examples/user_benchmark/conf", *TINY,
            "+eval/benchmark@eval.benchmarks.unit_conversions=unit_conversions", "eval.tasks=[unit_conversions]",
-           f"hydra.run.dir={run_dir}", f"paths.synth_cache={tmp_path}/synth"]
+           f"hydra.run.dir={run_dir}", f"paths.synth_cache={tmp_path}/synth", f"paths.eval_cache={tmp_path}/eval_cache"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_json(run_dir / "eval" / "results.json")["rows"]

@@ -104,12 +104,13 @@ def test_sigkill_mid_generation_then_rerun_gives_identical_rows(tmp_path):
     ref = _start(tmp_path / "ref_cache", tmp_path / "ref")
     assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-3000:]
     reference = _outputs(tmp_path / "ref")
-    work = next(p for p in (tmp_path / "ref_cache").iterdir() if p.is_dir())
-    n_rounds, n_chunks = len(list((work / "rounds").glob("*.json"))), len(list((work / "answers").glob("*.json")))
+    ref_cache = tmp_path / "ref_cache"  # per-stage folders: questions/<key>/rounds, answers/<key>/answers
+    n_rounds = len(list(ref_cache.glob("questions/*/rounds/*.json")))
+    n_chunks = len(list(ref_cache.glob("answers/*/answers/*.json")))
     assert n_rounds >= 2 and n_chunks >= 4  # enough units to kill in between
 
     cache = tmp_path / "cache"
-    units = lambda sub: len(list(cache.glob(f"*/{sub}/*.json")))  # noqa: E731
+    units = lambda sub: len(list(cache.glob(f"{'questions' if sub == 'rounds' else 'answers'}/*/{sub}/*.json")))  # noqa: E731
     # kill 1: during the question rounds; kill 2: during the answer chunks
     _kill_when(_start(cache, tmp_path / "r1"), lambda: units("rounds") >= 1)
     assert units("rounds") < n_rounds or units("answers") < n_chunks

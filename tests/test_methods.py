@@ -136,7 +136,7 @@ def test_lmsi_and_seed_augment_generate_end_to_end_on_the_tiny_model(make_cfg, t
                    "sampling.question.n=1", "sampling.num_questions=null", "dedup=none",
                    f"paths.output_dir={tmp_path}/run2", "voting.reflect=true")
     manifest = pipeline.run(cfg)["generate"].record
-    rounds = sorted((Path(manifest["cache_dir"]) / "rounds").glob("round_*.json"))
+    rounds = sorted((Path(manifest["stage_dirs"]["questions"]) / "rounds").glob("round_*.json"))
     styles = [r.get("style") for rd in rounds for r in read_json(rd)["raw"]]
     assert manifest["counts"]["raw"] == 4 and styles == ["rephrase", "harder"] * 2
 
@@ -181,7 +181,8 @@ def test_verify_in_the_generate_stage_filters_and_records(make_cfg, tmp_path):
     assert len(rejections) == counts["verify_rejected"] and all(r["score"] < 0.99 for r in rejections)
     plain = make_cfg(*base, f"paths.output_dir={tmp_path}/plain")
     assert config_hash(plain) != config_hash(cfg) and "verify" not in synth_config(plain)  # none: old cache keys
-    record = read_json(work / "verify" / "result.json")
-    out, rej, _ = verify_answers(cfg, work, list(read_jsonl(work / "answers.jsonl")),
+    vdir = Path(manifest["stage_dirs"]["verify"])
+    record = read_json(vdir / "verify" / "result.json")
+    out, rej, _ = verify_answers(cfg, vdir, list(read_jsonl(work / "answers.jsonl")),
                                  lambda: (_ for _ in ()).throw(AssertionError("re-verified")))
     assert rej == record["rejections"] and sum(len(o["answers"]) for o in out) == counts["verify_kept"]

@@ -66,7 +66,7 @@ def _check_one_job(run_dir: Path, output: str) -> None:
 def test_two_processes_with_lightnings_launcher(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "crescent", *JOB, f"hydra.run.dir={run_dir}",
-                           f"paths.synth_cache={tmp_path / 'synth'}"],
+                           f"paths.synth_cache={tmp_path / 'synth'}", f"paths.eval_cache={tmp_path / 'eval_cache'}"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1500)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -79,7 +79,7 @@ def test_two_processes_with_torchrun(tmp_path):
     """No hydra.run.dir: the two ranks compute the default run dir on their own and must land in one folder."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={_free_port()}", "-m", "crescent", *JOB,
-                           f"paths.synth_cache={tmp_path / 'synth'}"],
+                           f"paths.synth_cache={tmp_path / 'synth'}", f"paths.eval_cache={tmp_path / 'eval_cache'}"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1500)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]

@@ -82,7 +82,7 @@ TINY_JOB = ["experiment=smoke", "debug=default", "stages=[train,eval]", "eval.ta
 def test_a_2x2_multirun_aggregates_into_a_4_row_table_and_failed_jobs_rerun(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _crescent(["-m", *TINY_JOB, f"train.data={_sft(tmp_path / 'sft.jsonl')}", "train.epochs=1,2",
-                      "train.optimizer.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep}", f"paths.synth_cache={tmp_path}/c"],
+                      "train.optimizer.lr=1e-4,1e-3", f"hydra.sweep.dir={sweep}", f"paths.synth_cache={tmp_path}/c", f"paths.eval_cache={tmp_path}/e"],
                      cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = subprocess.run([sys.executable, "experiments/aggregate.py", str(sweep)], capture_output=True, text=True,

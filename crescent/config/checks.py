@@ -251,7 +251,7 @@ def _chat_jsonl_error(key: str, value: str) -> str | None:
 
 def _path_errors(cfg: Mapping, run: list[str]) -> list[str]:
     """Path keys checked for existence and type before any model loads (issue 21 item 7)."""
-    errors = [e for key in ("paths.cache_dir", "paths.synth_cache", "paths.output_dir")
+    errors = [e for key in ("paths.cache_dir", "paths.synth_cache", "paths.eval_cache", "paths.output_dir")
               if (e := _folder_error(key, get_key(cfg, key)))]
     data = get_key(cfg, "train.data")
     if "train" in run and _is_file(data):

@@ -41,6 +41,7 @@ class Paths(Section):
     output_dir: PATH
     cache_dir: PATH
     synth_cache: PATH
+    eval_cache: Null(PATH) = None  # the shared base-model eval cache (null: off)
 
 
 class Clean(Section):
@@ -94,6 +95,7 @@ class Sampling(Section):
     name: NONEMPTY
     num_questions: Null(Int(1))
     answer_chunk: Int(1)
+    nested_k: BOOL = None  # per-sample answer streams: a voting.k sweep reuses the samples it shares
     question: QuestionDecoding
     rewrite: RewriteDecoding
     answer: Decoding

@@ -4,12 +4,19 @@ Writes eval/results.json (one row per model x task x shots x filter/metric, with
 lm-eval version and prompt settings), eval/samples_<model>_<task>_<k>shot.jsonl, eval/summary.md and
 eval/summary.png. Each (model, shots) unit is saved under eval/parts/ as it finishes, so an interrupted
 eval resumes where it stopped.
+
+The base model's units are also kept in the shared cache paths.eval_cache (null: off) under
+base/<key>/, the key hashing the model's weights (crescent.models.fingerprint: sha256 of its safetensors,
+config and tokenizer files, or hub id + revision), the model config, the task configs and shots, the
+score-changing eval settings, the lm-eval version and SCORING_VERSION: the jobs of a sweep score the base
+model once (a per-unit lock lets one job compute while the others wait and then read its result).
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +24,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crescent.config import ConfigError
 from crescent.utils.hashing import stable_hash
-from crescent.utils.io import read_json, write_json, write_jsonl
+from crescent.utils.io import read_json, read_jsonl, write_json, write_jsonl
+from crescent.utils.locks import UnitLock
 from crescent.utils.paths import launch_dir
 from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 # settings that change scores (recorded in results.json, part of each unit's cache key)
+SCORING_VERSION = 1  # bump when crescent's scoring (task configs, answer extraction, filters) changes scores
 SETTINGS = ("limit", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "max_gen_toks",
             "max_length", "dtype", "bootstrap_iters", "random_seed", "fewshot_random_seed", "generator")
 
@@ -105,6 +114,20 @@ def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cach
     return stable_hash([settings, benchmarks, model_cfg, _weights_stamp(model_cfg, cache_dir), shots])
 
 
+def shared_unit_dir(cfg: DictConfig, settings: dict, benchmarks: dict, model_cfg: dict, shots: int) -> Path | None:
+    """The shared-cache folder of a base-model unit (paths.eval_cache/base/<key>), or None when the cache is off."""
+    from crescent.eval.harness import lm_eval_version
+    from crescent.models.fingerprint import weights_fingerprint
+
+    root = cfg.paths.get("eval_cache")
+    if not root:
+        return None
+    return Path(root) / "base" / stable_hash({
+        "settings": settings, "benchmarks": benchmarks, "model": model_cfg, "shots": shots,
+        "weights": weights_fingerprint(model_cfg, cfg.paths.cache_dir), "lm_eval": lm_eval_version(),
+        "scoring_version": SCORING_VERSION})
+
+
 def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, base_dir: str) -> tuple[dict, dict]:
     from crescent.eval import harness, scoring
     from crescent.eval.tasks import build_task, self_consistency_task
@@ -151,6 +174,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         settings["self_consistency"] = {"k": k, "temperature": temperature}
     rows: list[dict] = []
     samples_written = []
+    shared_hits: list[str] = []  # "<tag>_<shots>shot" units read from paths.eval_cache
     for tag, model_cfg in models.items():
         lm = None
         for shots, unit in shot_plan(benchmarks, ec.num_fewshot).items():
@@ -160,17 +184,35 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
                 log.info("eval: %s %d-shot already scored (%s)", tag, shots, part)
                 rows += read_json(part)["rows"]
                 continue
-            if lm is None:
-                lm = _load_lm(model_cfg, cfg)
-            log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(unit))
-            raw, samples = _score_unit(lm, tag, unit, shots, cfg, launch_dir())
-            unit_rows = harness.result_rows(raw, tag)
+            shared = shared_unit_dir(cfg, unit_settings(settings, ec, shots), unit, model_cfg, shots) if tag == "base" else None
+            if shared is not None:
+                shared.mkdir(parents=True, exist_ok=True)
+            lock = UnitLock(shared / "part.json") if shared is not None else nullcontext()
+            with lock:  # one sweep job scores the base model; the others wait here and then read its result
+                if shared is not None and (shared / "part.json").is_file():
+                    log.info("eval: %s %d-shot from the shared cache %s", tag, shots, shared)
+                    unit_rows = read_json(shared / "part.json")["rows"]
+                    samples = {task: list(read_jsonl(shared / f"samples_{task}.jsonl")) for task in unit}
+                    cached = True
+                    shared_hits.append(f"{tag}_{shots}shot")
+                else:
+                    if lm is None:
+                        lm = _load_lm(model_cfg, cfg)
+                    log.info("eval: scoring %s (%s) %d-shot on %s", tag, model_cfg["name"], shots, ", ".join(unit))
+                    raw, samples = _score_unit(lm, tag, unit, shots, cfg, launch_dir())
+                    unit_rows = harness.result_rows(raw, tag)
+                    cached = False
+                    if shared is not None:
+                        for task, task_samples in samples.items():
+                            write_jsonl(shared / f"samples_{task}.jsonl", task_samples)
+                        write_json(shared / "part.json", {"key": key, "model": model_cfg["name"], "shots": shots,
+                                                          "tasks": list(unit), "rows": unit_rows})  # last: complete
             for task, task_samples in samples.items():
                 path = out / f"samples_{tag}_{task}_{shots}shot.jsonl"
                 if ec.log_samples:
                     write_jsonl(path, task_samples)
                     samples_written.append(path)
-            write_json(part, {"key": key, "rows": unit_rows})
+            write_json(part, {"key": key, "rows": unit_rows, **({"shared": str(shared)} if cached else {})})
             rows += unit_rows
         if lm is not None and engine == "vllm":
             harness.release(lm)  # the engine's GPU memory back before the next model's engine
@@ -183,6 +225,7 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         "models": {tag: {"name": m["name"], "path": m.get("local_path")} for tag, m in models.items()},
         "benchmarks": benchmarks,
         "rows": rows,
+        "shared_cache_hits": shared_hits,
         "wall_s": round(time.perf_counter() - t0, 2),
     }
     write_json(out / "results.json", result)
@@ -191,7 +234,8 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     if ctx is not None and ctx.tracker is not None:
         _log_samples(ctx.tracker, samples_written)
     return StageResult(metrics=metrics, artifacts={"results": str(out / "results.json")},
-                       record={"summary": table, "wall_s": result["wall_s"], "models": list(models)})
+                       record={"summary": table, "wall_s": result["wall_s"], "models": list(models),
+                               "shared_cache_hits": shared_hits})
 
 
 def _load_lm(model_cfg: dict, cfg: DictConfig):

@@ -1,9 +1,11 @@
 """The generate stage: questions -> answers -> vote -> synth/{questions,sft}.jsonl + manifest.json.
 
-Work happens in a cache folder keyed by the generation-config hash, in units (rounds, answer
-chunks) that are written atomically; a killed run resumes from the last finished unit and ends
-with the same rows as an uninterrupted one. A finished folder is reused by any run with the same
-generation config.
+Work happens in per-stage cache folders (crescent.synth.keys: questions, answers, verify, each keyed
+only by what changes it, and the finished data under the generation-config hash), in units (rounds,
+answer chunks) that are written atomically; a killed run resumes from the last finished unit and
+ends with the same rows as an uninterrupted one. A finished folder is reused by any run with the
+same generation config; a stage folder by any run whose config agrees on that stage's key (a
+voting sweep samples and deduplicates its questions once).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import config_hash, synth_config
 from crescent.utils.locks import UnitLock
-from crescent.synth.answers import answer_questions, sample_answers
+from crescent.synth.answers import answer_questions, answer_seconds, answer_units, sample_answers
+from crescent.synth.keys import final_dir, stage_dirs, stage_keys, stage_payloads
 from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
 from crescent.synth.verified import verify_answers
@@ -31,9 +34,8 @@ PACKAGES = ("crescent", "torch", "transformers", "lm_eval", "numpy", "sentence-t
 
 
 def synth_workdir(cfg: DictConfig) -> Path:
-    if cfg.get("cache_synth", True):
-        return Path(cfg.paths.synth_cache) / config_hash(cfg)
-    return Path(cfg.paths.output_dir) / "synth" / ".work"
+    """The folder of this config's finished data (crescent.synth.keys.final_dir)."""
+    return final_dir(cfg)
 
 
 class _Lazy:
@@ -119,6 +121,7 @@ def _manifest(cfg: DictConfig, records: list[dict], questions: list[dict], answe
     rejected = Counter(f"{r['stage']}/{r['reason']}" for rec in records for r in rec["rejections"])
     return {
         "config_hash": config_hash(cfg),
+        "stage_keys": stage_keys(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "teacher": cfg.teacher.name,
         "counts": {
@@ -174,31 +177,41 @@ def _in_workers(cfg: DictConfig, workdir: Path, stage: str, args: list, done: li
                 worker_devices(cfg.backend, d))
 
 
+def _mark(folder: Path, payload: dict) -> None:
+    """Create a stage folder with its key's payload (key.json: what the folder's name hashes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").exists():
+        write_json(folder / "key.json", payload)
+
+
 def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int, int] | None = None,
                    verifier=None) -> dict:
     from crescent.backends.workers import data_parallel_size
-    from crescent.synth.answers import _chunks
 
+    dirs, payloads = stage_dirs(cfg), stage_payloads(cfg)
+    qdir, adir, vdir = dirs["questions"], dirs["answers"], dirs["verify"]
+    for name in ("questions", "answers", "verify"):
+        _mark(dirs[name], payloads[name])
     d = data_parallel_size(cfg.backend)
     sample_bait = sample_ans = None
     if d > 1:
         sample_bait = lambda rounds: _in_workers(  # noqa: E731
-            cfg, workdir, "bait", rounds, [workdir / "raw" / f"round_{r:05d}.json" for r in rounds], d, shard)
-    questions, records = generate_questions(cfg, workdir, lazy.backend, lazy.embed, shard, sample=sample_bait)
+            cfg, qdir, "bait", rounds, [qdir / "raw" / f"round_{r:05d}.json" for r in rounds], d, shard)
+    questions, records = generate_questions(cfg, qdir, lazy.backend, lazy.embed, shard, sample=sample_bait)
+    write_jsonl(qdir / "questions.jsonl", questions)
     write_jsonl(workdir / "questions.jsonl", questions)
     if d > 1:
         sample_ans = lambda: _in_workers(  # noqa: E731
-            cfg, workdir, "answers", questions,
-            [workdir / "answers" / f"chunk_{c:05d}.json" for c in range(len(_chunks(cfg, questions)))], d, shard)
-    answered = answer_questions(cfg, workdir, questions, lazy.backend, shard, sample=sample_ans)
+            cfg, adir, "answers", questions, [u.path for u in answer_units(cfg, adir, questions)], d, shard)
+    answered = answer_questions(cfg, adir, questions, lazy.backend, shard, sample=sample_ans)
     reflect_counts = {}
     if cfg.voting.get("reflect", False):
         from crescent.synth.reflect import reflect
 
-        answered, reflect_counts = reflect(cfg, workdir, answered, lazy.backend, shard)
+        answered, reflect_counts = reflect(cfg, vdir, answered, lazy.backend, shard)
     write_jsonl(workdir / "answers.jsonl", answered)
-    with UnitLock(workdir / "verify"):  # one process verifies; the others read its result
-        answered, verify_rejections, verify_counts = verify_answers(cfg, workdir, answered, lazy.backend, verifier)
+    with UnitLock(vdir / "verify"):  # one process verifies; the others read its result
+        answered, verify_rejections, verify_counts = verify_answers(cfg, vdir, answered, lazy.backend, verifier)
     lazy.close()  # generation is over: free the engine before voting / writing
     rows, vote_counts = build_sft_rows(
         answered, tie=cfg.voting.tie, min_agreement=float(cfg.voting.min_agreement), seed=int(cfg.seed),
@@ -211,7 +224,7 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
         write_jsonl(workdir / "rejections.jsonl",
                     [r for rec in records for r in rec["rejections"]] + verify_rejections)
         t_q = sum(r["seconds"] for r in records)
-        t_a = sum(read_json(p)["seconds"] for p in sorted((workdir / "answers").glob("chunk_*.json")))
+        t_a = answer_seconds(cfg, adir, questions)
         manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts, **verify_counts},
                              t_q, t_a)
         write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
@@ -310,6 +323,8 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         for key in ("checked", "flagged_ngram", "flagged_embedding", "dropped"):
             manifest["counts"][f"decontam_{key}"] = manifest["decontam"][key]
     manifest["cache_dir"] = str(workdir)
+    manifest["stage_dirs"] = {name: str(path) for name, path in stage_dirs(cfg).items()}
+    manifest["sft_path"] = str(workdir / "sft.jsonl")
     manifest["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "manifest.json", manifest)
     return StageResult(counts=manifest["counts"], record=manifest,

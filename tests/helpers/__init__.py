@@ -30,7 +30,8 @@ def compose_cfg(overrides=(), tmp_path=None):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         extra = []
         if tmp_path is not None:
-            extra = [f"paths.output_dir={tmp_path}/run", f"paths.synth_cache={tmp_path}/synth_cache"]
+            extra = [f"paths.output_dir={tmp_path}/run", f"paths.synth_cache={tmp_path}/synth_cache",
+                     f"paths.eval_cache={tmp_path}/eval_cache"]
         return compose(config_name="config", overrides=[*overrides, *extra, "print_config=false"])
 
 
