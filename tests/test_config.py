@@ -268,8 +268,12 @@ def test_unknown_key_in_a_known_group_is_rejected(overrides, line, tmp_path):
 
 
 def test_hydra_target_keys_are_not_data(tmp_path):
-    """`_target_` (hydra.utils.instantiate) is construction, never an unknown key."""
-    validate(compose_cfg(["+backend._target_=crescent.backends.hf.HFBackend"], tmp_path))
+    """`_target_` (hydra.utils.instantiate) is construction, never an unknown key; it must be a dotted path."""
+    cfg = compose_cfg([], tmp_path)
+    assert all(str(cfg[g]._target_).startswith("crescent.") for g in ("backend", "logger", "trainer"))
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"backend._target_='not a path' is invalid: expected a dotted path"):
+        validate(compose_cfg(["backend._target_=not a path"], tmp_path))
 
 
 @pytest.mark.parametrize("overrides,line", [

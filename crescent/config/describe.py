@@ -42,9 +42,13 @@ def _walk(model: type[BaseModel], prefix: str) -> list[Key]:
 
 def describe() -> list[Key]:
     """Every key: the root and the groups every run uses, the stage groups, benchmarks and verifiers."""
-    rows = [r for r in _walk(S.Run, "") if r.key not in ("train", "trainer", "eval", "verify", "gap")]
+    rows = [r for r in _walk(S.Run, "") if r.key not in ("train", "trainer", "eval", "verify", "gap", "decontam")]
+    rows += _walk(S.DecontamOn, "decontam")
     rows += _walk(S.TrainStage, "") + [r for r in _walk(S.EvalStage, "") if not r.key.endswith(".vllm")]
     rows += _walk(S.EvalVllm, "eval.vllm") + _walk(S.Benchmark, "eval.benchmarks.<name>")
     rows += [r for r in _walk(S.Gap, "gap") if r.key != "gap.benchmark"] + _walk(S.Benchmark, "gap.benchmark")
     rows += [r for name, m in S.JUDGES.items() for r in _walk(m, f"verify[{name}]")]
+    rows += [Key(f"{group}._target_", "str", "set by each option", "a dotted path module.Name of the class or "
+                 "function that builds it", "built with hydra.utils.instantiate: a YAML of your own with a _target_ "
+                 "adds a new one") for group in ("backend", "logger", "trainer", "verify")]
     return rows
