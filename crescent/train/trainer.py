@@ -197,7 +197,24 @@ def checkpoint_callback(run_dir: str | Path, every_n_steps: int | None = None):
                           "or an integer >= 1")
 
     class Checkpoint(ModelCheckpoint):
+        """Writes only at optimizer-step boundaries: a checkpoint holds the weights, optimizer and data position
+        of a whole number of optimizer steps, never the gradient of a half-accumulated step (it is not saved,
+        so a resume from such a checkpoint would skip the micro batches accumulated so far)."""
+
+        _step_at_batch_start = -1
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().on_train_start(trainer, pl_module)
+            # Resumed: the checkpoint of this step is the one fit resumed from. Lightning starts counting at 0,
+            # so its step trigger would otherwise rewrite it after the first micro batch, mid-accumulation.
+            self._last_global_step_saved = trainer.global_step
+
+        def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+            self._step_at_batch_start = trainer.global_step
+
         def on_train_batch_end(self, trainer, *args, **kwargs):
+            if trainer.global_step == self._step_at_batch_start:
+                return  # no optimizer step in this micro batch: its gradient is only accumulated so far
             # Not on an epoch's last batch: Lightning 2.6 resumes such a checkpoint with its epoch counter
             # one short, so the next checkpoint's resume repeats an epoch. The epoch-end one follows.
             if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
