@@ -22,10 +22,14 @@ from crescent.synth.answers import answer_questions, sample_answers
 from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
 from crescent.synth.verified import verify_answers
-from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
+from crescent.utils import artifacts
+from crescent.utils.io import DamagedFileError, copy_file, read_json, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("manifest.json", "questions.jsonl", "sft.jsonl", "rejections.jsonl", "answers.jsonl")
+DATA_FILES = OUTPUT_FILES[1:]  # what the manifest vouches for: size and sha256 in manifest["artifacts"]
+UNITS_FILE = "units.json"  # size and sha256 of every unit record (raw/, rounds/, answers/, reflect/, verify/)
+UNIT_SUFFIXES = (".json", ".npy")
 PACKAGES = ("crescent", "torch", "transformers", "lm_eval", "numpy", "sentence-transformers", "vllm")
 
 
@@ -161,7 +165,9 @@ def worker_stage(cfg_yaml: str, workdir: str, stage: str, args: list, shard: tup
 def _in_workers(cfg: DictConfig, workdir: Path, stage: str, args: list, done: list[Path], d: int,
                 shard: tuple[int, int] | None) -> None:
     """Run a stage's missing units in d worker processes (shard i/N of an array job: worker j takes i + N*j of N*d)."""
-    if all(p.exists() for p in done):
+    from crescent.backends.units import unit_done
+
+    if all([unit_done(p) for p in done]):  # a damaged record is removed: its unit is done again
         return
     from crescent.backends.workers import run_workers, worker_devices
 
@@ -212,8 +218,62 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
         t_a = sum(read_json(p)["seconds"] for p in sorted((workdir / "answers").glob("chunk_*.json")))
         manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts, **verify_counts},
                              t_q, t_a)
+        write_json(workdir / UNITS_FILE, artifacts.record(_unit_files(workdir), workdir))
+        manifest["artifacts"] = artifacts.record([workdir / name for name in DATA_FILES], workdir)
         write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
     return manifest
+
+
+def _unit_files(workdir: Path) -> list[Path]:
+    """The unit records in the subfolders of workdir (not their locks or temp files)."""
+    return sorted(p for p in workdir.glob("*/*") if p.suffix in UNIT_SUFFIXES and p.is_file()
+                  and not p.name.startswith("."))
+
+
+def _damage(workdir: Path) -> tuple[dict | None, list[str]]:
+    """(manifest, problems) of a finished cache folder: its data files against the manifest's size and sha256
+    (a manifest written before those were recorded: the JSONL files must read back whole). (None, []): not
+    finished."""
+    path = workdir / "manifest.json"
+    if not path.exists():
+        return None, []
+    try:
+        manifest = read_json(path, expect=dict)
+    except DamagedFileError as err:
+        return None, [str(err).split("; ")[0]]
+    recorded = manifest.get("artifacts")
+    if recorded is not None:
+        return manifest, artifacts.verify(workdir, recorded)
+    problems = []
+    for name in DATA_FILES:
+        try:
+            for _ in read_jsonl(workdir / name):
+                pass
+        except (OSError, ValueError) as err:  # missing, torn (TornFileError), garbled
+            problems.append(str(err))
+    return manifest, problems
+
+
+def _discard_damaged(workdir: Path, problems: list[str]) -> None:
+    """Before regenerating a damaged folder: the manifest goes first (nobody reuses the folder meanwhile), then
+    every unit record whose size or sha256 is not the recorded one (each is done again; the others are replayed:
+    no engine call for them). The data files are rewritten from the units."""
+    log.warning("synthetic data in %s is damaged: %s. Regenerating it from its units (only damaged units are "
+                "sampled again)", workdir, "; ".join(problems))
+    with UnitLock(workdir / "manifest.json"):
+        (workdir / "manifest.json").unlink(missing_ok=True)
+        try:
+            recorded = read_json(workdir / UNITS_FILE, expect=dict) if (workdir / UNITS_FILE).exists() else {}
+        except DamagedFileError:
+            recorded = {}  # unreadable units are still caught when read (crescent.backends.units.unit_done)
+        for name, problem in artifacts.verify_files(workdir, recorded).items():
+            log.warning("%s: doing its unit again", problem)
+            unit = workdir / name
+            unit.unlink(missing_ok=True)
+            if unit.parent.name == "rounds":  # a dedup pass is its record and its embeddings
+                unit.with_suffix(".json").unlink(missing_ok=True)
+                unit.with_suffix(".npy").unlink(missing_ok=True)
+        (workdir / UNITS_FILE).unlink(missing_ok=True)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -231,11 +291,13 @@ def run(cfg: DictConfig) -> dict:
     data_parallel_size(cfg.backend)  # a bad value fails before any work
     workdir = synth_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / "manifest.json").exists():
+    manifest, problems = _damage(workdir)
+    if manifest is not None and not problems:
         log.info("reusing synthetic data from %s", workdir)
-        manifest = read_json(workdir / "manifest.json")
         manifest["cache_hit"] = True
     else:
+        if problems:
+            _discard_damaged(workdir, problems)
         write_json(workdir / "config.json", synth_config(cfg))
         lazy = _Lazy(cfg)
         try:
@@ -243,10 +305,16 @@ def run(cfg: DictConfig) -> dict:
         finally:
             lazy.close()
         manifest["cache_hit"] = False
+        if problems:
+            manifest["repaired"] = problems
     out = Path(cfg.paths.output_dir) / "synth"
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
         copy_file(workdir / name, out / name)
+    copied = artifacts.verify(out, manifest.get("artifacts") or {})
+    if copied:  # changed between the check and the copy (another process repairing it, or a failing disk)
+        raise DamagedFileError(f"the copy of {workdir} in {out} does not match its manifest: {'; '.join(copied)}; "
+                               "rerun the generate stage")
     manifest["cache_dir"] = str(workdir)
     manifest["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "manifest.json", manifest)
