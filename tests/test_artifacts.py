@@ -182,3 +182,96 @@ def test_a_damaged_embeddings_file_redoes_its_pass(generated, tmp_path, caplog, 
     assert f"{npy} is damaged" in caplog.text
     assert npy.read_bytes() == original
     _same_outputs(generated, tmp_path)
+
+
+# -- the train stage ---------------------------------------------------------------------------------------------
+TRAIN = ["model@teacher=tiny_llama", "stages=[train]", "logger=none", "train.max_seq_len=64",
+         "train.global_batch_size=4", "train.micro_batch_size=2", "train.epochs=1", "train.optimizer.lr=3e-3",
+         "train.scheduler.warmup_ratio=0", "trainer.precision=32-true", "train.val_fraction=0.2",
+         "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished training; each test works on a copy of its run dir."""
+    base = tmp_path_factory.mktemp("trained")
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                                          {"role": "assistant", "content": f"{i} + {i} = {2 * i}.\n#### {2 * i}"}]}
+            for i in range(10)]
+    data = base / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = pipeline.run(compose_cfg([*TRAIN, f"train.data={data}"], base))["train"]
+    export = {p.name: p.read_bytes() for p in (base / "run" / "hf_export").iterdir()}
+    return base, data, result, export
+
+
+def _train_copy(trained, tmp_path):
+    base, data, _, _ = trained
+    shutil.copytree(base / "run", tmp_path / "run", symlinks=True)
+    return compose_cfg([*TRAIN, f"train.data={data}"], tmp_path)
+
+
+def test_train_result_records_every_exported_file(trained):
+    base, _, result, export = trained
+    assert {f"hf_export/{name}" for name in export} == set(result["artifacts"])
+    assert artifacts.verify(base / "run", result["artifacts"]) == []
+
+
+@pytest.mark.parametrize("what", ["truncated weights", "flipped config", "legacy truncated weights"])
+def test_a_damaged_export_is_not_reused(trained, tmp_path, caplog, what):
+    """Before: a finished training was reused when hf_export/config.json existed, a truncated model.safetensors
+    included (rc 0). Now it is exported again from the final checkpoint (no training): the original bytes."""
+    cfg = _train_copy(trained, tmp_path)
+    export = tmp_path / "run" / "hf_export"
+    if what == "flipped config":
+        _flipped(export / "config.json")
+    else:
+        data = (export / "model.safetensors").read_bytes()
+        (export / "model.safetensors").write_bytes(data[: len(data) // 3])
+    if what.startswith("legacy"):  # a train_result.json written before the sizes and sha256 were recorded
+        result = read_json(tmp_path / "run" / "train_result.json")
+        del result["artifacts"]
+        (tmp_path / "run" / "train_result.json").write_text(json.dumps(result))
+    with caplog.at_level("WARNING"):
+        again = pipeline.run(cfg)["train"]
+    damaged = "config.json" if what == "flipped config" else "model.safetensors"
+    assert "not reusing" in caplog.text and str(export / damaged) in caplog.text
+    assert again["resumed_from"].endswith(f"step={trained[2]['global_step']}.ckpt")
+    assert again["global_step"] == trained[2]["global_step"]
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == trained[3]
+
+
+def test_a_truncated_checkpoint_names_itself_and_the_way_out(trained, tmp_path):
+    """A kill after the last checkpoint, before train_result.json, then a damaged checkpoint: before, every rerun
+    failed in torch with `PytorchStreamReader failed` naming nothing."""
+    from crescent.utils.io import DamagedFileError
+
+    cfg = _train_copy(trained, tmp_path)
+    (tmp_path / "run" / "train_result.json").unlink()
+    target = (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedFileError, match=rf"{target.name} \(the checkpoint .*last.ckpt points to\) is damaged"
+                                               r".*train.resume=false"):
+        pipeline.run(cfg)
+    assert read_json(tmp_path / "run" / "status.json")["status"] == "failed"
+    # the way out it names works
+    from omegaconf import OmegaConf
+
+    OmegaConf.update(cfg, "train.resume", False)
+    assert pipeline.run(cfg)["train"]["global_step"] == trained[2]["global_step"]
+
+
+@pytest.mark.parametrize("how", ["torn", "flipped"])
+def test_damaged_run_dir_data_names_itself_before_training(generated, tmp_path, how):
+    """synth/sft.jsonl in the run dir checked against synth/manifest.json before the train stage uses it."""
+    from crescent.utils.io import DamagedFileError
+
+    _copy_cache(generated, tmp_path)
+    pipeline.run(compose_cfg(TINY, tmp_path))
+    sft = tmp_path / "run" / "synth" / "sft.jsonl"
+    DAMAGE[how](sft)
+    with pytest.raises(DamagedFileError, match=rf"{sft}.*manifest.json.*rerun the generate stage"):
+        pipeline.run(compose_cfg([*TINY, "stages=[train]", "model@student=tiny_llama"], tmp_path))
+    pipeline.run(compose_cfg([*TINY, "stages=[generate]"], tmp_path))  # the way out it names
+    assert sft.read_bytes() == generated[2]["sft.jsonl"]

@@ -296,6 +296,28 @@ def _fingerprint_diff(saved: dict | None, fingerprint: dict) -> str:
     return "differs in " + ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
 
 
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint file that is a whole torch zip archive (its central directory, at the end, is read: a torn or
+    truncated file fails here instead of in torch.load with `PytorchStreamReader failed` on every rerun).
+    DeepSpeed checkpoints are folders: left to DeepSpeed."""
+    import zipfile
+
+    from crescent.utils.io import DamagedFileError
+
+    if path.is_dir():
+        return
+    target = path.resolve()
+    try:
+        with zipfile.ZipFile(target) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise zipfile.BadZipFile("no data.pkl in it")
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DamagedFileError(
+            f"{target} (the checkpoint {path} points to) is damaged: expected a torch checkpoint, could not read it "
+            f"({err}); rerun with train.resume=false to train from scratch (it replaces the checkpoints), or delete "
+            f"{target} to resume from an older one if {path.parent} holds one") from err
+
+
 def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict | None = None) -> str | None:
     """run_dir/checkpoints/last.ckpt to continue from, or None (fresh start).
 
@@ -315,6 +337,7 @@ def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict
         level = logging.WARNING if mode == "true" else logging.INFO
         log.log(level, "train.resume=%s but %s %s: training starts from scratch", mode, last, why)
         return None
+    _check_checkpoint(last)
     if fingerprint is not None:
         try:
             saved = json.loads((ckpt_dir / FINGERPRINT_FILE).read_text())
