@@ -337,7 +337,6 @@ def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict
         level = logging.WARNING if mode == "true" else logging.INFO
         log.log(level, "train.resume=%s but %s %s: training starts from scratch", mode, last, why)
         return None
-    _check_checkpoint(last)
     if fingerprint is not None:
         try:
             saved = json.loads((ckpt_dir / FINGERPRINT_FILE).read_text())
@@ -349,6 +348,7 @@ def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict
                 log.warning("train.resume=auto: %s: training starts from scratch", what)
                 return None
             log.warning("train.resume=true: %s: continuing from it anyway", what)
+    _check_checkpoint(last)
     log.info("train.resume=%s: continuing from %s", mode, last.resolve())
     return str(last)
 
