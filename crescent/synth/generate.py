@@ -261,6 +261,9 @@ def _discard_damaged(workdir: Path, problems: list[str]) -> None:
     log.warning("synthetic data in %s is damaged: %s. Regenerating it from its units (only damaged units are "
                 "sampled again)", workdir, "; ".join(problems))
     with UnitLock(workdir / "manifest.json"):
+        manifest, problems = _damage(workdir)
+        if manifest is not None and not problems:
+            return  # another process sharing the cache repaired it meanwhile
         (workdir / "manifest.json").unlink(missing_ok=True)
         try:
             recorded = read_json(workdir / UNITS_FILE, expect=dict) if (workdir / UNITS_FILE).exists() else {}
