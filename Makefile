@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install run test test-slow test-all bench bench-train clean
+.PHONY: help install run test test-slow test-all bench bench-train docs clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -39,6 +39,9 @@ bench: $(STAMP)  ## dedup benchmark (crescent vs the authors' algorithm)
 
 bench-train: $(STAMP)  ## training throughput: random vs length-grouped vs packed batches
 	$(PY) experiments/perf/bench_train.py
+
+docs: $(STAMP)  ## regenerate docs/config.md from conf/ (tests/test_readme.py checks it is current)
+	$(PY) -m crescent.docs
 
 clean:  ## remove run outputs (keeps .venv and the model cache)
 	rm -rf outputs multirun/2* .pytest_cache

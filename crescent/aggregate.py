@@ -283,3 +283,144 @@ def rerun_command(job: Job, resume: bool = False) -> list[str]:
     extra = ["train.resume=true"] if resume else []
     quoted = "'" + job.dir.replace("\\", "\\\\").replace("'", "\\'") + "'"  # job dirs hold '=' and ','
     return ["crescent", *job.overrides, *extra, "hydra.mode=RUN", f"hydra.run.dir={quoted}"]
+
+
+# ------------------------------------------------------------------------------------------ several sources
+@dataclass
+class Source:
+    """One sweep to compare: a multirun dir or 'wandb:ENTITY/PROJECT/GROUP', with its label in the table."""
+    label: str
+    path: str
+    jobs: list[Job]
+
+
+def parse_source(spec: str) -> tuple[str, str]:
+    """'label=path' or 'path' (label: the folder name, or the W&B group) -> (label, path)."""
+    head, sep, tail = spec.partition("=")
+    if sep and head and not Path(spec).exists() and "/" not in head and not head.startswith("wandb:"):
+        return head, tail
+    name = spec[len("wandb:"):].rstrip("/").rsplit("/", 1)[-1] if spec.startswith("wandb:") else Path(spec).name
+    return name or spec, spec
+
+
+def load_source(spec: str) -> Source:
+    name, path = parse_source(spec)
+    jobs = load_wandb(path[len("wandb:"):]) if path.startswith("wandb:") else load_multirun(path)
+    return Source(name, path, jobs)
+
+
+def load_sources(specs: list[str]) -> list[Source]:
+    sources = [load_source(s) for s in specs]
+    labels = [s.label for s in sources]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"two sources share the label(s) {dup}: name them, e.g. main={sources[0].path}")
+    return sources
+
+
+def combined_table(sources: list[Source], score: str = "flexible-extract", mc_metric: str = "acc"):
+    """One pandas DataFrame over every source: a row per (source, configuration) and one row per base model
+    (a base model scored the same in several sweeps is listed once, its `source` naming them all); columns
+    'source', 'configuration', 'runs', 'questions', 'sft_rows', then '<task> <k>-shot' and '<...> std'.
+    Also returns the failed jobs as (source label, Job)."""
+    import pandas as pd
+
+    records, base, failed = [], {}, []
+    for src in sources:
+        table = build_table(src.jobs, score=score, mc_metric=mc_metric)
+        failed += [(src.label, j) for j in table["failed"]]
+        for r in table["rows"]:
+            rec = {"source": src.label, "configuration": r["label"], "runs": r["n"], "questions": r["questions"],
+                   "sft_rows": r["sft_rows"]}
+            for col, (mean, std) in r["cells"].items():
+                rec[col], rec[f"{col} std"] = mean, std
+            if r["label"].startswith("base: "):
+                # the same base model with the same scores (to 1e-9) is one row, whichever sweeps scored it
+                key = (r["label"], tuple(sorted((c, round(m, 9)) for c, (m, _) in r["cells"].items())))
+                if key in base:
+                    base[key]["source"] += f", {src.label}"
+                    base[key]["runs"] += r["n"]
+                    continue
+                base[key] = rec
+            records.append(rec)
+    columns = sorted({c for rec in records for c in rec if c not in _META and not c.endswith(" std")},
+                     key=_column_order)
+    ordered = ["source", "configuration", "runs", "questions", "sft_rows"] + [x for c in columns for x in (c, f"{c} std")]
+    df = pd.DataFrame.from_records(records, columns=ordered)
+    is_base = df["configuration"].str.startswith("base: ")
+    df = pd.concat([df[is_base], df[~is_base]], ignore_index=True)
+    return df, failed
+
+
+_META = ("source", "configuration", "runs", "questions", "sft_rows")
+
+
+def combined_markdown(df, failed: list[tuple[str, Job]], score: str, mc_metric: str) -> str:
+    """The DataFrame as a markdown table: each score 'mean ± std' in %, counts as integers."""
+    shown = df[["source", "configuration", "runs"]].copy()
+    for k in ("questions", "sft_rows"):
+        shown[k.replace("_", " ")] = [("–" if v is None or v != v else f"{v:.0f}") for v in df[k]]
+    for col in [c for c in df.columns if c not in _META and not c.endswith(" std")]:
+        shown[f"{col} (%)"] = [_fmt(None if m is None or m != m else (m, None if s is None or s != s else s))
+                               for m, s in zip(df[col], df[f"{col} std"])]
+    cols = [str(c) for c in shown.columns]
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    text = "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|", *body])
+    text += (f"\n\nScores: `{score}` for generation tasks, `{mc_metric}` for multiple choice; mean ± std over runs "
+             "(seeds), in %. Rows `base:` are the untrained student, listed once for every sweep that scored it "
+             "the same.\n")
+    if failed:
+        text += "\nFailed or unfinished jobs (rerun with `python experiments/rerun_failed.py <sweep dir>`):\n\n"
+        text += "\n".join(f"- {label}: `{Path(j.dir).name}` ({j.status}): {' '.join(j.overrides)} — {j.error}"
+                          for label, j in failed) + "\n"
+    return text
+
+
+def plot_sources(sources: list[Source], x: str | None, path: Path, score: str = "flexible-extract",
+                 mc_metric: str = "acc") -> Path | None:
+    """Score vs the swept numeric override (x, or each source's only numeric swept key), one line per source and
+    benchmark column; None when no source has a numeric swept key (or matplotlib is not installed)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, dict[float, list[float]]] = {}
+    xlabels = []
+    for src in sources:
+        keys = [x] if x else numeric_keys(src.jobs, varying_keys(src.jobs))
+        if len(keys) != 1:
+            continue
+        key = keys[0]
+        for j in src.jobs:
+            if j.status != "ok" or key not in j.params:
+                continue
+            try:
+                xv = float(j.params[key])
+            except ValueError:
+                continue
+            scores = _score_rows(j, score, mc_metric)
+            final = "trained" if any(m == "trained" for m, _ in scores) else "base"
+            for (model, col), v in scores.items():
+                if model == final:
+                    lines.setdefault(f"{src.label}: {col}", {}).setdefault(xv, []).append(v)
+                    xlabels.append(key)
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, by_x in sorted(lines.items()):
+        xs = sorted(by_x)
+        stats = [mean_std(by_x[v]) for v in xs]
+        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats], marker="o", capsize=3,
+                    label=name)
+    ax.set_xlabel(" / ".join(dict.fromkeys(xlabels)))
+    ax.set_ylabel(f"score (%), {score} / {mc_metric}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

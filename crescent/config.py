@@ -402,6 +402,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.limit": Rule("null, an integer >= 1, or a fraction in (0, 1]", _limit_ok),
     "eval.batch_size": int_at_least(1),
     "eval.apply_chat_template": boolean(),
+    "eval.chat_template_shots": optional(Rule("an integer >= 0 or a non-empty list of them", _shots_ok)),
     "eval.fewshot_as_multiturn": boolean(),
     "eval.system_instruction": optional(string()),
     "eval.max_gen_toks": int_at_least(1),
@@ -421,6 +422,7 @@ EVAL_RULES: dict[str, Rule] = {
     "eval.callback.limit": int_at_least(1),
     "eval.callback.tasks": str_list(),
     "eval.callback.num_fewshot": int_at_least(0),
+    "eval.data_roots": maybe(str_list()),  # folders benchmark files may read besides the launch dir (utils/paths.py)
     "eval.benchmarks": Rule("a mapping of benchmark configs", lambda x: isinstance(x, dict) and bool(x)),
 }
 BENCHMARK_RULES: dict[str, Rule] = {
@@ -493,14 +495,18 @@ EXACT_MATCH_RULES: dict[str, Rule] = {  # lm-eval exact_match options a benchmar
 }
 
 
-def benchmark_errors(spec: Any, key: str) -> list[str]:
-    """One benchmark config (eval.benchmarks.<name>, gap.benchmark): fields, loader, files, answer."""
+def benchmark_errors(spec: Any, key: str, data_roots: Any = ()) -> list[str]:
+    """One benchmark config (eval.benchmarks.<name>, gap.benchmark): fields, loader, files, answer; Jinja strings
+    (sandbox rules) and file paths (under the launch dir or eval.data_roots), see crescent/utils/{templates,paths}.py."""
+    from crescent.utils.paths import benchmark_path_errors
+    from crescent.utils.templates import template_errors
     from crescent.eval.benchmarks import SHIPPED
     from crescent.eval.tasks import ALLOWED_PY, FILTERS
 
     if not isinstance(spec, dict):
         return [f"  {key}={spec!r} is invalid: expected a benchmark config"]
-    errors = rule_errors(spec, BENCHMARK_RULES, key)
+    errors = rule_errors(spec, BENCHMARK_RULES, key) + template_errors(spec, key)
+    errors += benchmark_path_errors(spec, key, Path.cwd(), data_roots if isinstance(data_roots, list) else ())
     loader = spec.get("loader")
     if _str(loader) and loader not in (*SHIPPED, "file"):
         errors.append(f"  {key}.loader={loader!r} is invalid: expected one of {sorted(SHIPPED)} or 'file'")
@@ -566,7 +572,7 @@ def _eval_errors(cfg: Mapping) -> list[str]:
         errors += [f"  {key}={tasks!r} is invalid: {t!r} is not in eval.benchmarks (available: {sorted(benchmarks)})"
                    for t in unknown]
     for name, spec in benchmarks.items():
-        errors += benchmark_errors(spec, f"eval.benchmarks.{name}")
+        errors += benchmark_errors(spec, f"eval.benchmarks.{name}", get_key(cfg, "eval.data_roots"))
     tasks = get_key(cfg, "eval.tasks")
     for name in tasks if isinstance(tasks, list) and tasks else list(benchmarks):
         errors += _user_data_errors(benchmarks.get(name), f"eval.benchmarks.{name}")

@@ -8,44 +8,26 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-# chat and plain prompts of very different lengths, shared by the backend tests
-PROMPTS = [
-    [{"role": "user", "content": "What is 2 + 3?"}],
-    "Question: 1 + 1 =",
-    [
-        {"role": "system", "content": "You are a careful math teacher."},
-        {"role": "user", "content": "Write a long word problem about trains, apples and a bakery."},
-    ],
-    "x",
-    [{"role": "user", "content": "Solve 12 * 7."}],
-]
+from helpers import compose_cfg  # noqa: E402
+
+MODELS_CACHE = "crescent-models"  # pytest's cache (.pytest_cache/d/<this>): converted models, kept between sessions
 
 
-def compose_cfg(overrides=(), tmp_path=None):
-    """The composed config as the CLI would build it, with outputs under tmp_path."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        extra = []
-        if tmp_path is not None:
-            extra = [f"paths.output_dir={tmp_path}/run", f"paths.synth_cache={tmp_path}/synth_cache"]
-        return compose(config_name="config", overrides=[*overrides, *extra, "print_config=false"])
-
-
-def model_cfg(name: str, **overrides):
-    """A model/ preset as a DictConfig, with field overrides (e.g. initializer_range for tiny_llama)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), overrides)
-
-
-@pytest.fixture(scope="session")
-def cache_dir() -> Path:
-    return Path(os.environ.get("CRESCENT_CACHE") or Path.home() / ".cache" / "crescent")
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory, request) -> Path:
+    """The crescent cache of this test session, inside pytest's tmp dir: CRESCENT_CACHE points there for the whole
+    session (subprocesses included), so neither a test nor a pipeline run with default paths touches
+    ~/.cache/crescent. Only `models/` is shared between sessions, from pytest's own cache dir: its folders are named
+    by the content they were built from (the GGUF's sha256, the tiny model's config), and converting the embedded
+    model takes ~30-40 s. Everything else (kernels, synth data, eval units, the sha256 memo) starts empty."""
+    cache = tmp_path_factory.mktemp("crescent_cache")
+    provider = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: convert per session
+    if provider is not None:
+        (cache / "models").symlink_to(provider.mkdir(MODELS_CACHE), target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CRESCENT_CACHE", str(cache))
+        yield cache
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from crescent import pipeline
 from crescent.utils import artifacts
 from crescent.utils.io import read_json
@@ -130,7 +130,11 @@ def test_a_garbled_manifest_is_rebuilt(generated, tmp_path, monkeypatch):
     _same_outputs(generated, tmp_path)
 
 
-@pytest.mark.parametrize("content", [b"null", b'{"chunk": 0, "rows": [', b"", b"[]"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("content", [b"null", b'{"chunk": 0, "rows": [', pytest.param(b"", marks=SLOW),
+                                     pytest.param(b"[]", marks=SLOW)])
 def test_a_damaged_answer_chunk_is_sampled_again(generated, tmp_path, caplog, content):
     """A unit record holding `null`, a torn or empty one, a list: named in a warning and done again (before:
     TypeError / JSONDecodeError on every rerun). The redo writes the same rows."""

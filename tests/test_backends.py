@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF, PROMPTS, model_cfg
+from helpers import CONF, PROMPTS, model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.hf import FastSampler, HFBackend, cut_at_stop
 

@@ -1,12 +1,12 @@
 """Cleaning raw bait samples: keep the maths, strip the chat wrapping, reject with a reason."""
 import re
-import time
 import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import assert_linear
 from crescent.synth.clean import REASONS, Cleaned, _clean, clean_question
 
 KEPT = [
@@ -160,11 +160,10 @@ def test_exactly_one_field_set():
 
 @pytest.mark.parametrize("raw", ["**" * 50_000, "*a" * 50_000, "Here " * 40_000, "what? Solution: " * 10_000,
                                  "Problem: " * 10_000, "#" * 100_000, "\x00" * 10_000, "x\n#" * 30_000])
-def test_pathological_inputs_are_fast(raw):
-    start = time.perf_counter()
+def test_pathological_inputs_are_linear(raw):
     out = clean_question(raw)
     assert out.reason in REASONS
-    assert time.perf_counter() - start < 1.0
+    assert_linear(clean_question, raw[: len(raw) // 10], raw)  # time relative to a 10x shorter input
 
 
 # pieces of hostile output: chat wrapping, special tokens, invisible characters, LaTeX, code, templates

@@ -7,7 +7,7 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, compose_cfg
+from helpers import CONF, ROOT, compose_cfg
 from crescent.config import ConfigError, config_hash, validate
 
 GROUPS = {"model@teacher": "model", "model@student": "model", "backend": "backend", "questions": "questions",

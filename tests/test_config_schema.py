@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONF, ROOT, compose_cfg
+from helpers import CONF, ROOT, compose_cfg
 from crescent.config import ConfigError, validate
 
 ALL_STAGES = "stages=[generate,train,eval,gap]"  # every stage, so every conditional rule table is active

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SMALL = ["debug=default", "sampling.num_questions=6", "sampling.question.n=4", "questions.calls_per_round=1",
          "questions.max_calls=12", "questions.rounds_per_pass=4", "sampling.answer_chunk=1", "voting.k=2",
@@ -88,7 +88,7 @@ def test_killing_one_worker_mid_stage_then_rerun_gives_the_same_rows(tmp_path):
 
 
 def test_lock_file_fallback_records_the_owner_and_takes_over_a_stale_lock(tmp_path, monkeypatch, caplog):
-    from crescent.backends import locks
+    from crescent.utils import locks
 
     monkeypatch.setenv("CRESCENT_LOCK", "file")
     unit = tmp_path / "chunk_00000.json"
@@ -115,7 +115,7 @@ def test_lock_file_fallback_records_the_owner_and_takes_over_a_stale_lock(tmp_pa
 
 
 def test_flock_failure_falls_back_to_lock_files(tmp_path, monkeypatch):
-    from crescent.backends import locks
+    from crescent.utils import locks
 
     monkeypatch.setattr(locks, "_flock_broken", False)
     monkeypatch.setattr(locks.UnitLock, "_try_flock", lambda self, timeout: (_ for _ in ()).throw(OSError(37, "No locks available")))

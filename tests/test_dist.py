@@ -205,7 +205,7 @@ def test_slurm_launchers_start_one_task_per_gpu_in_one_job(launcher, nodes):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from conftest import CONF
+    from helpers import CONF
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

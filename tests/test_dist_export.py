@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import model_cfg
+from helpers import model_cfg
 
 
 def _free_port() -> int:

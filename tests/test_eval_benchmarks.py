@@ -308,5 +308,6 @@ def test_selecting_mnli_or_drop_without_its_file_is_a_config_error(make_cfg, tmp
         validate(cfg)
     (tmp_path / "dev.tsv").write_text(MNLI_TSV)
     validate(make_cfg("stages=[eval]", "eval=lmsi_out_of_domain", "eval.tasks=[svamp,mnli_cot]",
-                      f"eval.benchmarks.mnli_cot.loader_options.path={tmp_path / 'dev.tsv'}"))
+                      f"eval.benchmarks.mnli_cot.loader_options.path={tmp_path / 'dev.tsv'}",
+                      f"eval.data_roots=[{tmp_path}]"))  # a file outside the launch dir: its folder allowed
     validate(make_cfg("stages=[eval]", "eval=lmsi_in_domain"))  # drop is not selected: fine

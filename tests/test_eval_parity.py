@@ -112,7 +112,7 @@ def test_gsm8k_filters_and_metric_are_lm_evals(make_cfg):
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from conftest import compose_cfg
+    from helpers import compose_cfg
     from crescent.models.loading import load_model_and_tokenizer
 
     cfg = compose_cfg(["model@teacher=tiny_llama"])

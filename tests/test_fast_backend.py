@@ -1,12 +1,14 @@
 """backend=fast: exactness against transformers, reproducible sampling, continuous batching, kernels."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import CONF, PROMPTS, model_cfg
+from helpers import CONF, PROMPTS, model_cfg
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.fast import (
     FastBackend,
@@ -265,6 +267,38 @@ def test_config_and_build(cache_dir):
     assert [len(o) for o in out] == [2, 2]
     with pytest.raises(ValueError, match="backend.kernels"):
         FastBackend(backend.model, backend.tokenizer, kernels="cuda")
+
+
+@pytest.fixture(scope="module")
+def torch_only(cache_dir) -> FastBackend:
+    return build_backend(fast_cfg(kernels="torch", dtype="float32"), model_cfg("tiny_llama", initializer_range=0.3),
+                         cache_dir)
+
+
+@pytest.mark.parametrize("missing", ["source", "compiler"])
+def test_without_the_kernel_source_or_a_compiler_auto_falls_back_to_torch(torch_only, missing, tmp_path, monkeypatch,
+                                                                          caplog):
+    """An install that lost fast_kernels.c (or a machine without gcc/cc/$CC): a warning, then the torch path with the
+    same output; kernels=native refuses, naming the key."""
+    import crescent.backends.native as native
+
+    monkeypatch.setattr(native, "_LOADED", {})  # nothing loaded earlier in this process counts
+    if missing == "source":
+        monkeypatch.setattr(native, "SOURCE", tmp_path / "crescent" / "backends" / "fast_kernels.c")
+    else:
+        monkeypatch.delenv("CC", raising=False)
+        monkeypatch.setenv("PATH", str(tmp_path))  # no gcc, no cc
+    with caplog.at_level(logging.WARNING, logger="crescent.backends.native"):
+        backend = FastBackend(torch_only.model, torch_only.tokenizer, batch_size=3, kernels="auto",
+                              cache_dir=tmp_path / "cache")
+    assert not backend.native and backend.forward.kernels is None
+    (record,) = caplog.records
+    assert "torch fallbacks" in record.getMessage()
+    assert ("fast_kernels.c" in record.getMessage()) == (missing == "source")
+    assert not (tmp_path / "cache" / "kernels").exists()  # nothing was built
+    assert backend.generate(PROMPTS[:2], SAMPLED, seed=3) == torch_only.generate(PROMPTS[:2], SAMPLED, seed=3)
+    with pytest.raises(RuntimeError, match="backend.kernels=native .* use auto"):
+        FastBackend(torch_only.model, torch_only.tokenizer, kernels="native", cache_dir=tmp_path / "cache")
 
 
 # -- kernels -------------------------------------------------------------------------------------------------

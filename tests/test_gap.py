@@ -6,7 +6,7 @@ from math import comb
 import pytest
 
 import crescent.backends
-from conftest import compose_cfg
+from helpers import compose_cfg
 from crescent.config import ConfigError
 from crescent.gap import prompts as gp
 from crescent.gap.checks import gap_errors, stage_errors
@@ -298,7 +298,7 @@ def test_gap_stage_on_tiny_llama(make_cfg, tmp_path):
 def test_compare_tabulates_a_sweep(tmp_path, monkeypatch):
     import importlib.util
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments/gap_verifiers/compare.py")
     compare = importlib.util.module_from_spec(spec)

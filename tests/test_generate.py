@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from crescent import pipeline
 from crescent.config import config_hash
 from crescent.utils.io import read_json, read_jsonl

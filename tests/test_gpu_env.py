@@ -56,8 +56,7 @@ def test_the_gpu_extra_resolves_to_the_lock(tmp_path):
         assert got[name] == want[name], name
 
 
-def test_the_readme_gpu_recipe_is_the_lock():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### GPU scale", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_gpu_recipe_is_the_lock():
+    section = (ROOT / "docs" / "scale.md").read_text().split("\n## ", 1)[0]  # the install recipe, before GPU memory
     assert "pip install -r requirements-gpu.txt" in section
     assert "pip install vllm" not in section  # an unpinned vllm is what did not resolve

@@ -5,7 +5,7 @@ CUDA), FlashAttention without flash-attn, eval on cuda without CUDA. validate(cf
 import json
 
 import pytest
-from conftest import compose_cfg
+from helpers import compose_cfg
 
 import crescent.models.loading
 from crescent import pipeline

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_cfg
+from helpers import CONF, compose_cfg
 from crescent import pipeline
 from crescent.models.loading import _hub_kwargs
 from crescent.utils.io import read_json, read_jsonl

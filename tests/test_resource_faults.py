@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 import crescent.utils.io as io
-from conftest import CONF
+from helpers import CONF
 from crescent.backends import SamplingParams, build_backend
 from crescent.backends.hf import HFBackend, is_oom
 from crescent.utils.io import read_json
@@ -25,11 +25,10 @@ OOM_ERRORS = [
 
 
 @pytest.fixture(scope="module")
-def tiny() -> HFBackend:
-    cache = Path(os.environ.get("CRESCENT_CACHE") or Path.home() / ".cache" / "crescent")
+def tiny(cache_dir) -> HFBackend:
     model_cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "tiny_llama.yaml"), {"initializer_range": 0.3})
     return build_backend(OmegaConf.merge(OmegaConf.load(CONF / "backend" / "hf.yaml"), {"batch_size": 8}),
-                         model_cfg, cache)
+                         model_cfg, cache_dir)
 
 
 def _limit_batch(monkeypatch, backend, max_rows: int, error) -> list[int]:

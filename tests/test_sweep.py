@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF, ROOT
+from helpers import CONF, ROOT
 from crescent.aggregate import (Job, build_table, load_multirun, numeric_keys, rerun_command,
                                 rows_from_wandb_summary, to_markdown)
 from crescent.config import validate
@@ -92,6 +92,12 @@ def test_a_2x2_multirun_aggregates_into_a_4_row_table_and_failed_jobs_rerun(tmp_
     body = [line for line in table[2:] if not line.startswith("| base:")]
     assert len(body) == 4 and "train.epochs=1 train.optimizer.lr=0.0001" in body[0]
     assert "arc_challenge 0-shot (%)" in table[0] and (sweep / "aggregate.csv").is_file()
+    # two real jobs' eval/samples_*.jsonl, paired: one row per score, with its CI
+    jobs = load_multirun(sweep)
+    cmp = subprocess.run([sys.executable, "experiments/compare.py", jobs[0].dir, jobs[3].dir, "--n-boot", "200"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    assert "| arc_challenge | 0 | acc | 2 |" in cmp.stdout and "| arc_challenge | 0 | acc_norm | 2 |" in cmp.stdout
     # a job that died: listed, and rerun_failed relaunches exactly it, in its own dir
     jobs = load_multirun(sweep)
     victim = Path(jobs[2].dir)
@@ -157,7 +163,79 @@ def test_optuna_objective_is_the_named_metric(make_cfg):
     from crescent.pipeline import objective
 
     results = {"eval": {"metrics": {"gsm8k/flexible-extract": 0.25}}}
-    assert objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract"), results) == 0.25
+    one_shot_count = "eval.num_fewshot=[0]"
+    assert objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract", one_shot_count), results) == 0.25
     assert objective(make_cfg(), results) is None
     with pytest.raises(ConfigError, match="available: \\['eval/gsm8k/flexible-extract'\\]"):
-        objective(make_cfg("optimized_metric=eval/gsm8k/strict-match"), results)
+        objective(make_cfg("optimized_metric=eval/gsm8k/strict-match", one_shot_count), results)
+
+
+def test_optuna_voting_metric_resolves_for_any_shot_list_or_fails_before_the_trial(make_cfg):
+    """The default eval scores 0 and 5 shots, so metrics are named gsm8k_0shot/...: the preset's metric used to be
+    'eval/gsm8k/flexible-extract', which no run produces (the trial ran, then failed)."""
+    from crescent.config import ConfigError
+    from crescent.eval.report import metric_dict
+    from crescent.pipeline import check_objective, objective
+
+    cfg = compose_with_hydra(["hparams_search=optuna_voting", "eval.tasks=[gsm8k,asdiv]"])
+    assert list(cfg.eval.num_fewshot) == [0, 5]
+    rows = [{"model": m, "task": t, "num_fewshot": k, "filter": "flexible-extract", "metric": "exact_match",
+             "value": v + k / 100} for m, v in (("base", 0.1), ("trained", 0.3)) for t in ("gsm8k", "asdiv")
+            for k in (0, 5)]
+    assert objective(cfg, {"eval": {"metrics": metric_dict(rows)}}) == pytest.approx(0.3)  # trained, 0-shot
+    one = make_cfg("optimized_metric=eval/gsm8k_0shot/flexible-extract", "eval.num_fewshot=[0]")
+    assert check_objective(one) == "eval/gsm8k/flexible-extract"
+    single = [r for r in rows if r["num_fewshot"] == 0]
+    assert objective(one, {"eval": {"metrics": metric_dict(single)}}) == pytest.approx(0.3)
+    assert check_objective(make_cfg("optimized_metric=eval/delta/gsm8k_5shot/flexible-extract")) == \
+        "eval/delta/gsm8k_5shot/flexible-extract"
+    # names that cannot match fail at validate time, naming the choices
+    with pytest.raises(ConfigError, match=r"gsm8k is scored at \[0, 5\] shots, so its metrics are named "
+                                          r"\['gsm8k_0shot/flexible-extract', 'gsm8k_5shot/flexible-extract'\]"):
+        check_objective(make_cfg("optimized_metric=eval/gsm8k/flexible-extract"))
+    with pytest.raises(ConfigError, match="no benchmark 'mmlu'"):
+        check_objective(make_cfg("optimized_metric=eval/mmlu/acc"))
+    with pytest.raises(ConfigError, match=r"scored at \[0\] shots.*\['gsm8k/flexible-extract'\]"):
+        check_objective(make_cfg("optimized_metric=eval/gsm8k_5shot/flexible-extract", "eval.num_fewshot=[0]"))
+    assert check_objective(make_cfg("optimized_metric=train/loss")) == "train/loss"
+
+
+LONG_OVERRIDES = ["sampling.question.temperature=0.95", "sampling.question.top_p=0.975", "sampling.answer.temperature=0.85",
+                  "sampling.answer.top_p=0.925", "sampling.question.max_new_tokens=123", "dedup.threshold=0.8125",
+                  "train.optimizer.weight_decay=0.0123", "train.optimizer.lr=0.000012345", "train.epochs=3", "train.max_seq_len=1536",
+                  "questions.calls_per_round=17", "questions.max_calls=1234", "sampling.num_questions=4321",
+                  "eval.limit=77", "eval.max_gen_toks=321", "seed=12345"]
+
+
+def test_a_job_with_many_long_overrides_gets_a_short_stable_subdir_and_aggregate_finds_it(tmp_path):
+    """The default subdir used to be <num>_<all overrides>: 'File name too long' past ~14 overrides. Hydra's own
+    launcher builds the job dir here (a task that only records where it ran)."""
+    assert len(",".join(LONG_OVERRIDES)) > 255
+    script = tmp_path / "task.py"
+    script.write_text(
+        "import sys, hydra, crescent\n"
+        "from hydra.core.hydra_config import HydraConfig\n"
+        f"@hydra.main(version_base='1.3', config_path={str(CONF)!r}, config_name='config')\n"
+        "def task(cfg):\n"
+        "    print('JOBDIR', HydraConfig.get().runtime.output_dir)\n"
+        "task()\n")
+    sweep = tmp_path / "sweep"
+    run = lambda: subprocess.run([sys.executable, str(script), "-m", *LONG_OVERRIDES, "voting.k=7,8",
+                                  f"hydra.sweep.dir={sweep}"], capture_output=True, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dirs = [Path(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("JOBDIR ")]
+    assert [d.name.split("_")[0] for d in dirs] == ["0", "1"] and all(len(d.name.encode()) < 32 for d in dirs)
+    assert len({d.name for d in dirs}) == 2
+    import yaml
+
+    assert "train.optimizer.weight_decay=0.0123" in yaml.safe_load((dirs[0] / ".hydra" / "overrides.yaml").read_text())
+    again = run()  # stable: the same overrides give the same folder names
+    assert [line for line in again.stdout.splitlines() if line.startswith("JOBDIR ")] == \
+        [line for line in proc.stdout.splitlines() if line.startswith("JOBDIR ")]
+    for d in dirs:  # a finished job, so aggregation labels it from .hydra/overrides.yaml, not the folder name
+        (d / "status.json").write_text(json.dumps({"status": "ok"}))
+    jobs = load_multirun(sweep)
+    assert [j.params["voting.k"] for j in jobs] == ["7", "8"] and jobs[0].params["eval.limit"] == "77"
+    assert [r["label"] for r in build_table(jobs)["rows"]] == ["voting.k=7", "voting.k=8"]

@@ -5,7 +5,7 @@ import os
 import lightning as L
 import pytest
 import torch
-from conftest import compose_cfg
+from helpers import compose_cfg
 from transformers import AutoModelForCausalLM
 
 from crescent import pipeline

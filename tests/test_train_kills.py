@@ -1,4 +1,4 @@
-"""Trainings SIGKILLed at chosen micro batches (tests/kill_train.py) and resumed end bit-identical to an
+"""Trainings SIGKILLed at chosen micro batches (tests/helpers/kill_train.py) and resumed end bit-identical to an
 uninterrupted one: same final loss, same hf_export bytes. With gradient accumulation a checkpoint written in the
 middle of an optimizer step would lose the micro batches accumulated so far (issue 21 item 2)."""
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from crescent.utils.io import read_json
 
 # 20 rows, 4 of them for validation: 8 micro batches of 2 per epoch, 2 per optimizer step (accumulate 2),
@@ -23,8 +23,8 @@ TINY = ["model@teacher=tiny_llama", "stages=[train]", "logger=none", "train.max_
 
 
 def _train(run_dir: Path, data: Path, kill: str) -> int:
-    """One CLI process that SIGKILLs itself at `kill` (tests/kill_train.py; "-1": never); its return code."""
-    cmd = [sys.executable, str(ROOT / "tests" / "kill_train.py"), kill, *TINY, f"train.data={data}",
+    """One CLI process that SIGKILLs itself at `kill` (tests/helpers/kill_train.py; "-1": never); its return code."""
+    cmd = [sys.executable, str(ROOT / "tests" / "helpers" / "kill_train.py"), kill, *TINY, f"train.data={data}",
            f"paths.output_dir={run_dir}", f"hydra.run.dir={run_dir}", f"paths.synth_cache={run_dir.parent}/cache"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

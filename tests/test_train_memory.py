@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, compose_cfg
+from helpers import CONF, compose_cfg
 from omegaconf import OmegaConf
 
 from crescent import pipeline

@@ -5,7 +5,7 @@ import os
 import lightning as L
 import pytest
 import torch
-from conftest import compose_cfg
+from helpers import compose_cfg
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch.utils.data import DataLoader, TensorDataset

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from crescent.backends.base import SamplingParams
 from crescent.verify import HFJudge, verify_errors, verify_samples
 from crescent.verify.filters import keep_mask, quantile

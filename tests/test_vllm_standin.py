@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, compose_cfg
+from helpers import ROOT, compose_cfg
 
 FAKE = ROOT / "tests" / "fake_vllm"
 

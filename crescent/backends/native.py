@@ -7,7 +7,8 @@
   RMS statistic is summed in another order: about 1 in 10^4 outputs differs by one bf16 ulp);
 - temperature / top-p sampling with two passes over each row of logits (torch: several full-vocabulary ops).
 
-`load_kernels` returns None (the caller falls back to torch) when no C compiler is found or the build fails.
+`load_kernels` returns None (the caller falls back to torch, with a warning) when the source file is missing, no C
+compiler is found or the build fails.
 """
 from __future__ import annotations
 
@@ -192,7 +193,13 @@ def load_kernels(cache_dir: str | Path | None = None) -> FastKernels | None:
     if compiler is None:
         log.warning("no C compiler (gcc, cc or $CC) found: the fast backend runs its torch fallbacks")
         return None
-    out_dir = Path(cache_dir or default_cache_dir()) / "kernels" / f"fast-{_build_key(compiler)}"
+    try:
+        key = _build_key(compiler)
+    except OSError as err:  # an install without the kernel source (it ships as package data)
+        log.warning("the fast backend's kernel source %s cannot be read (%s; reinstall crescent to restore it): "
+                    "the fast backend runs its torch fallbacks", SOURCE, err.strerror or err)
+        return None
+    out_dir = Path(cache_dir or default_cache_dir()) / "kernels" / f"fast-{key}"
     if str(out_dir) not in _LOADED:
         try:
             build_once(out_dir, lambda tmp: _build(compiler, tmp), "fast backend kernels")

@@ -8,7 +8,7 @@ file (its presence marks the unit done). `run_units` does the missing ones:
   depends only on (master seed, stage, prompt index, sample index), and ALL the missing units of the stage go to the
   engine in ONE call (vLLM schedules and batches them itself). Backends without per-request seeds (hf, fast) make one
   call per unit with the unit's own seed, so a unit's rows still do not depend on which process does it.
-- Locks. Each unit has its own lock (crescent.backends.locks.UnitLock): jobs and worker processes that share the
+- Locks. Each unit has its own lock (crescent.utils.locks.UnitLock): jobs and worker processes that share the
   cache split the units between them; none holds a whole stage.
 - Shards. shard=(i, N) does the units with index % N == i first, then any unclaimed others (a dead or slow shard's
   units get done), then waits for the units other processes hold (printing who holds them), redoing any a dead
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from crescent.backends.base import Backend, SamplingParams
-from crescent.backends.locks import UnitLock
 from crescent.utils.io import DamagedFileError, read_json, write_json
+from crescent.utils.locks import UnitLock
 from crescent.utils.seeding import request_seeds
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def run_units(units: Sequence[Unit], params: SamplingParams, seed: int, stage: t
         for u in _order(units, shard):
             if unit_done(units[u].path):
                 continue
-            lock = UnitLock(units[u].path)
+            lock = UnitLock(units[u].path, what=f"{units[u].path.parent.name}/{units[u].path.name} (another process "
+                                                 "is generating it)")
             with lock:
                 if not unit_done(units[u].path):
                     do([u])

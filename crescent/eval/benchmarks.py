@@ -382,22 +382,29 @@ def _shipped(loader: str, options: str) -> Docs:
     return SHIPPED[loader](**json.loads(options))
 
 
-def load_docs(spec: Mapping[str, Any], base_dir: str | Path = ".") -> Docs:
+def load_docs(spec: Mapping[str, Any], base_dir: str | Path = ".", data_roots: Any = None) -> Docs:
     """The documents of one benchmark config: a shipped `loader`, or loader=file with `path`
-    (relative paths resolve against base_dir, the directory crescent was launched from)."""
+    (relative paths resolve against base_dir, the directory crescent was launched from). With data_roots (a list:
+    what the eval and gap stages pass, eval.data_roots) every file path must resolve under base_dir or one of them
+    (crescent.utils.paths.check), else PathNotAllowedError naming the key."""
+    from crescent.utils import paths
+
+    def resolve(p: str, key: str) -> Path:
+        return paths.resolve(p, base_dir) if data_roots is None else paths.check(p, key, base_dir, data_roots)
+
     loader = spec.get("loader")
     if loader in SHIPPED:
-        return _shipped(loader, json.dumps(dict(spec.get("loader_options") or {}), sort_keys=True))
+        options = dict(spec.get("loader_options") or {})
+        if options.get("path"):
+            options["path"] = str(resolve(options["path"], "loader_options.path"))
+        return _shipped(loader, json.dumps(options, sort_keys=True))
     if loader != "file":
         raise ValueError(f"benchmark loader={loader!r}; allowed: {sorted(SHIPPED)} or 'file'")
 
-    def resolve(p: str) -> Path:
-        return Path(p).expanduser() if Path(p).expanduser().is_absolute() else Path(base_dir) / p
-
     if not spec.get("path"):
         raise ValueError("a benchmark with loader=file needs `path` (a .jsonl, .json or .csv file)")
-    test = read_file(resolve(spec["path"]))
-    fewshot = read_file(resolve(spec["fewshot_path"])) if spec.get("fewshot_path") else []
+    test = read_file(resolve(spec["path"], "path"))
+    fewshot = read_file(resolve(spec["fewshot_path"], "fewshot_path")) if spec.get("fewshot_path") else []
     field = spec.get("answer_field")
     if field:  # gold numbers compare by value: 51.0 / "51.0" -> "51" (lists: each element)
         test, fewshot = ([_canonical_gold(r, field) for r in rows] for rows in (test, fewshot))

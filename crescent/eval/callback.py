@@ -39,7 +39,8 @@ class LmEvalCallback(L.Callback):
         from crescent.eval.report import metric_dict
         from crescent.eval.tasks import build_task
 
-        tasks = [build_task(n, s, max_gen_toks=int(self.settings.get("max_gen_toks", 256)), base_dir=self.base_dir)
+        tasks = [build_task(n, s, max_gen_toks=int(self.settings.get("max_gen_toks", 256)), base_dir=self.base_dir,
+                            data_roots=list(self.settings.get("data_roots") or []))
                  for n, s in self.benchmarks.items()]
         lm = harness.make_lm(pl_module.model, pl_module.tokenizer, int(self.settings.get("batch_size", 8)),
                              int(self.settings.get("max_length", 2048)))

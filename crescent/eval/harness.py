@@ -129,8 +129,11 @@ def task_manager():
 
 
 def evaluate(lm, tasks: Sequence[dict], num_fewshot: int, settings: Mapping[str, Any], limit: int | None) -> dict:
-    """simple_evaluate on dict task configs; the model's train/eval mode is restored afterwards."""
+    """simple_evaluate on dict task configs; the model's train/eval mode is restored afterwards. Every template
+    lm-eval renders meanwhile renders in Jinja's sandbox (crescent.utils.templates.lm_eval_sandbox)."""
     import lm_eval
+
+    from crescent.utils.templates import lm_eval_sandbox
 
     model = getattr(lm, "model", None)
     if not hasattr(model, "train"):  # lm-eval's VLLM: model is a vllm.LLM, no train/eval modes
@@ -139,16 +142,17 @@ def evaluate(lm, tasks: Sequence[dict], num_fewshot: int, settings: Mapping[str,
     if model is not None:
         model.eval()
     try:
-        return lm_eval.simple_evaluate(
-            model=lm, tasks=list(tasks), num_fewshot=int(num_fewshot), limit=limit,
-            task_manager=task_manager(), log_samples=True,
-            bootstrap_iters=int(settings.get("bootstrap_iters", 1000)),
-            apply_chat_template=bool(settings.get("apply_chat_template", False)),
-            fewshot_as_multiturn=bool(settings.get("fewshot_as_multiturn", False)),
-            system_instruction=settings.get("system_instruction"),
-            random_seed=int(settings.get("random_seed", 0)),
-            fewshot_random_seed=int(settings.get("fewshot_random_seed", 1234)),
-        )
+        with lm_eval_sandbox():
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=list(tasks), num_fewshot=int(num_fewshot), limit=limit,
+                task_manager=task_manager(), log_samples=True,
+                bootstrap_iters=int(settings.get("bootstrap_iters", 1000)),
+                apply_chat_template=bool(settings.get("apply_chat_template", False)),
+                fewshot_as_multiturn=bool(settings.get("fewshot_as_multiturn", False)),
+                system_instruction=settings.get("system_instruction"),
+                random_seed=int(settings.get("random_seed", 0)),
+                fewshot_random_seed=int(settings.get("fewshot_random_seed", 1234)),
+            )
     finally:
         if model is not None:
             model.train(was_training)  # HFLM switches the model to eval() and leaves it there

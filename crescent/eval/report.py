@@ -23,6 +23,42 @@ def _several_shots(rows: list[dict]) -> bool:
     return len({r["num_fewshot"] for r in rows}) > 1
 
 
+def metric_label_choices(shots_by_task: dict[str, list[int]]) -> dict[str, tuple[str, int]]:
+    """{W&B task label: (task, shots)} that metric_dict will produce for these benchmarks and shot counts:
+    '<task>' when every benchmark is scored at one shot count, '<task>_<k>shot' when several are in play."""
+    several = len({k for ks in shots_by_task.values() for k in ks}) > 1
+    return {task_label({"task": t, "num_fewshot": k}, several): (t, k) for t, ks in shots_by_task.items() for k in ks}
+
+
+def resolve_metric_name(name: str, shots_by_task: dict[str, list[int]]) -> str:
+    """An eval metric name '<task>[_<k>shot]/<score>' (optionally 'base/' or 'delta/' first) as metric_dict names it
+    for this shot plan: '<task>_<k>shot/...' is accepted when k is the only shot count (then named '<task>/...');
+    '<task>/...' with several shot counts, an unknown task or shot count raise ValueError naming the choices."""
+    prefix, rest = "", name
+    for p in ("base/", "delta/"):
+        if rest.startswith(p):
+            prefix, rest = p, rest[len(p):]
+    label, _, score = rest.partition("/")
+    choices = metric_label_choices(shots_by_task)
+    if not score:
+        raise ValueError(f"{name!r} has no score: expected '<task>/<score>', e.g. "
+                         f"'{next(iter(choices), 'gsm8k')}/flexible-extract'")
+    if label in choices:
+        return name
+    task, shots = label, None
+    head, _, tail = label.rpartition("_")
+    if head and tail.endswith("shot") and tail[:-4].isdigit():
+        task, shots = head, int(tail[:-4])
+    ks = shots_by_task.get(task)
+    if ks is not None and shots in ks:  # '<task>_<k>shot' where k is the only shot count
+        return prefix + task + "/" + score
+    if ks is None:
+        raise ValueError(f"{name!r}: no benchmark {task!r} is scored (eval.tasks / eval.benchmarks: "
+                         f"{sorted(shots_by_task)})")
+    options = sorted(prefix + c + "/" + score for c, (t, _) in choices.items() if t == task)
+    raise ValueError(f"{name!r}: {task} is scored at {ks} shots, so its metrics are named {options}")
+
+
 def metric_dict(rows: list[dict]) -> dict[str, float]:
     """W&B names: '<task>/<filter or metric>' for the final model (trained if scored, else base), and
     'base/<task>/<...>' and 'delta/<task>/<...>' when both were scored."""

@@ -87,6 +87,18 @@ def _weights_stamp(model_cfg: dict, cache_dir: str | Path) -> list:
     return sorted((p.name, file_sha256(p, cache_dir)) for p in Path(model_cfg["local_path"]).glob("*.safetensors"))
 
 
+def chat_at(ec: DictConfig, shots: int) -> bool:
+    """Whether prompts at this shot count are rendered with the chat template (eval.apply_chat_template, narrowed
+    to the shot counts of eval.chat_template_shots when set)."""
+    only = ec.get("chat_template_shots")
+    return bool(ec.apply_chat_template) and (only is None or shots in shots_list(only))
+
+
+def unit_settings(settings: dict, ec: DictConfig, shots: int) -> dict:
+    """The settings one shot count is scored with (its unit key): the chat template as chat_at says."""
+    return {**settings, "apply_chat_template": chat_at(ec, shots)}
+
+
 def unit_key(settings: dict, benchmarks: dict, model_cfg: dict, shots: int, cache_dir: str | Path) -> str:
     blob = json.dumps([settings, benchmarks, model_cfg, _weights_stamp(model_cfg, cache_dir), shots],
                       sort_keys=True, default=str)
@@ -98,8 +110,11 @@ def _score_unit(lm, tag: str, benchmarks: dict, shots: int, cfg: DictConfig, bas
     from crescent.eval.tasks import build_task
 
     ec = cfg.eval
-    tasks = [build_task(n, spec, max_gen_toks=int(ec.max_gen_toks), base_dir=base_dir) for n, spec in benchmarks.items()]
-    raw = harness.evaluate(lm, tasks, shots, OmegaConf.to_container(ec, resolve=True), ec.limit)
+    roots = list(ec.get("data_roots") or [])
+    tasks = [build_task(n, spec, max_gen_toks=int(ec.max_gen_toks), base_dir=base_dir, data_roots=roots)
+             for n, spec in benchmarks.items()]
+    raw = harness.evaluate(lm, tasks, shots, {**OmegaConf.to_container(ec, resolve=True),
+                                              "apply_chat_template": chat_at(ec, shots)}, ec.limit)
     scoring.warn_exact_misses(raw)  # exact match 0 but answers equal the gold in value: say why
     return raw, {n: harness.sample_rows(raw, n, tag, shots) for n in benchmarks}
 
@@ -134,7 +149,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     for tag, model_cfg in models.items():
         lm = None
         for shots, unit in shot_plan(benchmarks, ec.num_fewshot).items():
-            key = unit_key(settings, unit, model_cfg, shots, cfg.paths.cache_dir)
+            key = unit_key(unit_settings(settings, ec, shots), unit, model_cfg, shots, cfg.paths.cache_dir)
             part = out / "parts" / f"{tag}_{shots}shot.json"
             if part.is_file() and read_json(part).get("key") == key:
                 log.info("eval: %s %d-shot already scored (%s)", tag, shots, part)
@@ -158,6 +173,7 @@ def run(cfg: DictConfig, tracker=None) -> dict:
     result = {
         "lm_eval_version": harness.lm_eval_version(),
         "settings": {"engine": engine, **settings, "num_fewshot": list(shot_plan(benchmarks, ec.num_fewshot)),
+                     "chat_template_at": [k for k in shot_plan(benchmarks, ec.num_fewshot) if chat_at(ec, k)],
                      "batch_size": ec.batch_size},
         "models": {tag: {"name": m["name"], "path": m.get("local_path")} for tag, m in models.items()},
         "benchmarks": benchmarks,

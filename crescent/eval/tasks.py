@@ -85,13 +85,13 @@ def resolve_py(value: Any) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _dataset(spec: Mapping[str, Any], base_dir: str, **_lm_eval_kwargs) -> Any:
+def _dataset(spec: Mapping[str, Any], base_dir: str, data_roots: Any = None, **_lm_eval_kwargs) -> Any:
     """lm-eval `custom_dataset`: the benchmark's docs as a DatasetDict: test, and train = the few-shot
     pool (the test docs themselves when there is none; build_task then sets fewshot_split=test, so that
     lm-eval's sampler never shows a doc its own answer)."""
     import datasets
 
-    docs = load_docs(spec, base_dir)
+    docs = load_docs(spec, base_dir, data_roots)
     test = datasets.Dataset.from_list(docs["test"])
     train = datasets.Dataset.from_list(docs["fewshot"]) if docs["fewshot"] else test
     return datasets.DatasetDict({"test": test, "train": train})
@@ -105,14 +105,16 @@ def _target(spec: Mapping[str, Any]) -> Any:
     raise ValueError("a benchmark needs `answer_field` (a field of each question) or `target` (a template)")
 
 
-def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_dir: str = ".") -> dict:
-    """The lm-eval task config for one benchmark (a dict accepted by simple_evaluate's `tasks`)."""
+def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_dir: str = ".",
+               data_roots: Any = None) -> dict:
+    """The lm-eval task config for one benchmark (a dict accepted by simple_evaluate's `tasks`). data_roots: the
+    folders (besides base_dir) its files may be read from (eval.data_roots); None = no containment check."""
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ValueError(f"eval.benchmarks.{name}.kind={kind!r}; allowed: {list(KINDS)}")
     task: dict[str, Any] = {
         "task": name,
-        "custom_dataset": partial(_dataset, dict(spec), str(base_dir)),
+        "custom_dataset": partial(_dataset, dict(spec), str(base_dir), data_roots),
         "test_split": "test",
         "doc_to_text": resolve_py(spec["question_template"]),
         "doc_to_target": resolve_py(_target(spec)),
@@ -147,7 +149,7 @@ def build_task(name: str, spec: Mapping[str, Any], *, max_gen_toks: int, base_di
                          for m in spec.get("metrics") or ["acc"]],
         )
     task.update(resolve_py(dict(spec.get("lm_eval") or {})))
-    if not load_docs(spec, base_dir)["fewshot"]:
+    if not load_docs(spec, base_dir, data_roots)["fewshot"]:
         # exemplars come from the test docs: name that split so lm-eval's sampler leaves out the doc itself
         task["fewshot_split"] = "test"
     if (task.get("fewshot_config") or {}).get("samples"):  # fixed exemplars (MATH's Minerva four): no split

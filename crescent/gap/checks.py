@@ -43,7 +43,8 @@ def gap_errors(cfg: Any) -> list[str]:
     if gap is MISSING or not isinstance(gap, dict):
         return ["  gap: missing (add `+gap=default`, or `- gap: default` to the defaults list)"]
     bench = gap.get("benchmark")
-    errors = rule_errors(gap, GAP_RULES, "gap") + benchmark_errors(bench, "gap.benchmark")
+    errors = rule_errors(gap, GAP_RULES, "gap")
+    errors += benchmark_errors(bench, "gap.benchmark", get_key(cfg, "eval.data_roots"))
     if isinstance(bench, dict) and bench.get("kind") == "multiple_choice":
         errors.append("  gap.benchmark.kind='multiple_choice' is invalid: expected 'generate' (answers are extracted "
                       "numbers)")

@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import math
 import random
-from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from crescent.backends.base import Prompt
 from crescent.synth.voting import extract_answer
+from crescent.utils import templates
 from crescent.utils.seeding import derive_seed
 
 
-@lru_cache(maxsize=64)
-def _template(source: str):
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(source)
-
-
 def render(source: str, doc: Mapping[str, Any]) -> str:
-    return _template(source).render(**doc)
+    """A benchmark template over a document, in Jinja's sandbox (crescent.utils.templates)."""
+    return templates.render(source, doc)
 
 
 def target_text(doc: Mapping[str, Any], bench: Mapping[str, Any]) -> str:

@@ -108,7 +108,7 @@ def _questions(cfg: DictConfig, gc: dict) -> dict:
     """The benchmark questions with a numeric gold answer, their prompts and ids (index in the limited list)."""
     bench = gc["benchmark"]
     limit = gc["limit"] if gc.get("limit") is not None else (cfg.get("eval") or {}).get("limit")
-    docs = load_docs(bench, _launch_dir())
+    docs = load_docs(bench, _launch_dir(), list((cfg.get("eval") or {}).get("data_roots") or []))
     test = gp.limit_docs(docs["test"], limit)
     pool = docs["fewshot"] or docs["test"]
     golds = [gp.gold_answer(d, bench) for d in test]

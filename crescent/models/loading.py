@@ -73,7 +73,7 @@ def _not_available_message(model_cfg: Mapping[str, Any], reason: str) -> str:
         f"model {model_cfg.get('name')!r} (hf_id={model_cfg.get('hf_id')!r}, "
         f"local_path={model_cfg.get('local_path')!r}) could not be loaded: {reason}. "
         "Download it once (e.g. `huggingface-cli download <hf_id> --local-dir /path/to/folder`) and set "
-        "`model@teacher.local_path=/path/to/folder` (or `model@student.local_path=...`), "
+        "`teacher.local_path=/path/to/folder` (and/or `student.local_path=...`), "
         "or run with network access / a populated HF hub cache."
     )
 

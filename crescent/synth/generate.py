@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import config_hash, synth_config
-from crescent.backends.locks import UnitLock
+from crescent.utils.locks import UnitLock
 from crescent.synth.answers import answer_questions, sample_answers
 from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
@@ -282,7 +282,7 @@ def _discard_damaged(workdir: Path, problems: list[str]) -> None:
 def run(cfg: DictConfig) -> dict:
     """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. Returns the manifest.
 
-    No lock is held for the whole stage: each unit of work has its own (crescent.backends.locks), so jobs sharing
+    No lock is held for the whole stage: each unit of work has its own (crescent.utils.locks), so jobs sharing
     the config hash (a sweep, array tasks with backend.shard=i/N, backend.data_parallel_size workers) split the
     units, and every one of them ends with the same files. The generation engine is shut down before returning,
     so a stage after this one in the same process (train) gets the GPU memory."""

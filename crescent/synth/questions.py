@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from crescent.backends.base import Backend, SamplingParams
-from crescent.backends.locks import UnitLock
+from crescent.utils.locks import UnitLock
 from crescent.backends.units import Unit, generate_batched, run_units
 from crescent.synth.clean import clean_question
 from crescent.synth.prompts import fill, user_chat

@@ -113,6 +113,21 @@ def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
 
 
 def run(cfg: DictConfig, tracker=None) -> dict:
+    """Train under the run dir's training lock (global rank 0 takes it): a second training started in the same run
+    dir waits, saying who holds it (pid, host, since), then reuses the finished result or resumes the checkpoint
+    instead of starting from scratch beside the first."""
+    from crescent.utils import dist
+    from crescent.utils.locks import UnitLock
+
+    if not dist.is_global_zero():
+        return _train(cfg, tracker)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with UnitLock(run_dir / ".train", what=f"the training in {run_dir} (another crescent process trains there)"):
+        return _train(cfg, tracker)
+
+
+def _train(cfg: DictConfig, tracker=None) -> dict:
     import lightning as L
 
     from crescent.models.loading import load_model_and_tokenizer

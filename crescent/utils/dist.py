@@ -202,12 +202,12 @@ def run_stamp() -> str:
     launch, different for two launches in the same second.
 
     CRESCENT_RUN_STAMP when set; torchrun: the first rank's proposal, agreed through torchrun's own store;
-    srun: the SLURM job start time (SLURM_JOB_START_TIME, else the date only) and job/step id; else now + 4 random hex
+    srun: the SLURM job start time (SLURM_JOB_START_TIME, else the date only) and job/step id; else now + 6 random hex
     digits (a single process, or rank 0 of Lightning's launcher, whose children are given the folder itself)."""
     if os.environ.get(STAMP_ENV):
         return os.environ[STAMP_ENV]
     if "stamp" not in _agreed:
-        proposal = f"{_now_stamp()}_{secrets.token_hex(2)}"
+        proposal = f"{_now_stamp()}_{secrets.token_hex(3)}"  # 100 launches in one second: 0.03% of a clash
         stamp = _agent_store_agree("run_stamp", proposal)
         if stamp is None and os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
             step = os.environ.get("SLURM_STEP_ID", os.environ.get("SLURM_STEPID", "0"))
@@ -219,12 +219,23 @@ def run_stamp() -> str:
     return _agreed["stamp"]
 
 
+def short_hash(text: object, n: int = 8) -> str:
+    """The first n hex digits of sha256(str(text)) (resolver crescent.short_hash): a sweep job's folder name
+    from its overrides, stable across runs and machines, never too long for the file system."""
+    import hashlib
+
+    return hashlib.sha256(str(text).encode()).hexdigest()[:int(n)]
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("crescent.run_stamp"):
         # use_cache: one value per config object, like Hydra's ${now:}
         OmegaConf.register_new_resolver("crescent.run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("crescent.short_hash"):
+        # ${crescent.short_hash:${hydra.job.override_dirname}}: the sweep subdir (conf/hydra/default.yaml)
+        OmegaConf.register_new_resolver("crescent.short_hash", short_hash)
 
 
 # -------------------------------------------------------------------------------------------- rank-0 results

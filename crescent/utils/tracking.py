@@ -85,6 +85,7 @@ class Tracker:
         self.kind = cfg.logger.name if is_global_zero() else "none"
         self.run_dir = Path(run_dir)
         self._run = None
+        self._round_axis = False
         if self.kind == "wandb":
             import wandb
 
@@ -119,6 +120,19 @@ class Tracker:
                 if new:
                     w.writerow(["key", "value"])
                 w.writerows(sorted(flat.items()))
+
+    def log_round(self, r: int, metrics: dict[str, Any]) -> None:
+        """One round's metrics (rounds=R) on W&B's `round` axis: keys 'round/<key>' plotted against `round`, in the
+        job's one run; the CSV logger writes them as 'round/<r>/<key>'."""
+        flat = flatten(metrics)
+        if self.kind == "wandb" and self._run is not None:
+            if not self._round_axis:
+                self._run.define_metric("round")
+                self._run.define_metric("round/*", step_metric="round")
+                self._round_axis = True
+            self._run.log({"round": r, **{f"round/{k}": v for k, v in flat.items()}})
+        elif self.kind == "csv":
+            self.log({f"round/{r}/{k}": v for k, v in flat.items()})
 
     def log_table(self, name: str, rows: list[dict], columns: list[str]) -> None:
         """A W&B table (e.g. sample SFT rows to read in the UI); ignored by the other loggers."""

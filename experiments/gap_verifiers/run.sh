@@ -5,7 +5,8 @@
 # samples with each verifier, so the verifiers are compared on identical generations.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MODELS=${MODELS:-qwen2_5_1_5b_instruct,llama3_2_1b_instruct,qwen2_5_7b_instruct,llama3_8b_instruct}
+# Base models, as the paper (methods.md §4: "base models, many sizes"); which sizes and families is our choice.
+MODELS=${MODELS:-qwen2_5_1_5b,llama3_2_1b,qwen2_5_7b,llama3_8b}
 SCALE=(stages=[gap] backend=vllm backend.tensor_parallel_size=1 gap.n_samples=128 gap.max_new_tokens=512
        gap.pass_k=[1,4,16,64,128] gap.chunk=64 gap.limit=null eval.limit=null logger=wandb
        hydra/launcher=slurm_1gpu)

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -349,12 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="fewer generation units and epochs (the slow test)")
     p.add_argument("--train-resume", choices=("auto", "true", "false"), default="auto",
                    help="train.resume (false: every rerun retrains from scratch)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report (and the kill plan) to this file")
     a = p.parse_args(argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="crescent-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}")
     report = run(work, a.kills, a.seed, a.small, a.train_resume)
     print_report(report)
+    if a.json:
+        plain = {**report, "kill_plan": kill_plan(a.kills), "attempts": [asdict(x) for x in report["attempts"]]}
+        a.json.write_text(json.dumps(plain, indent=1, default=str) + "\n")
     return 0 if all(ok for _, ok, _ in report["checks"]) else 1
 
 

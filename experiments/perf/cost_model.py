@@ -20,7 +20,9 @@ repo:
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -112,9 +114,28 @@ def report(cfg, overrides: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=crescent_llama3_8b")
+    parser.add_argument("--json", action="store_true", help="print the estimate (every scenario) as JSON")
+    parser.add_argument("--jsonl", action="store_true",
+                        help="estimate many configs in one process: one override set per stdin line (added to the "
+                             "positional overrides), one JSON estimate per output line")
     args = parser.parse_args(argv)
-    print(report(compose(args.overrides), args.overrides))
+    if args.jsonl:
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(estimate([*args.overrides, *shlex.split(line)])))
+        return 0
+    print(json.dumps(estimate(args.overrides), indent=1) if args.json else report(compose(args.overrides), args.overrides))
     return 0
+
+
+def estimate(overrides: list[str]) -> dict:
+    """Every scenario's plan, the assumptions and the printed report of one config, as plain data."""
+    cfg = compose(overrides)
+    return {"overrides": overrides, **{scenario: plan(cfg, scenario) for scenario in ("central", "low", "high")},
+            "assumptions": {"keep_fraction": KEEP_FRACTION, "question_tokens": QUESTION_TOKENS,
+                            "answer_tokens": ANSWER_TOKENS, "sft_row_tokens": SFT_ROW_TOKENS,
+                            "rewrite_fraction": REWRITE_FRACTION},
+            "report": report(cfg, overrides)}
 
 
 if __name__ == "__main__":

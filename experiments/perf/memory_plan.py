@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ KNOWN_SHAPES: dict[str, Shapes] = {
     "Qwen/Qwen2.5-1.5B-Instruct": Shapes(1536, 28, 12, 2, 8960, 151936, True, qkv_bias=True),
     "HuggingFaceTB/SmolLM2-135M-Instruct": Shapes(576, 30, 9, 3, 1536, 49152, True),
 }
+# base models (Mind the Gap): the same shapes as their instruct versions
+KNOWN_SHAPES.update({"meta-llama/Meta-Llama-3-8B": KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B-Instruct"],
+                     "meta-llama/Llama-3.2-1B": KNOWN_SHAPES["meta-llama/Llama-3.2-1B-Instruct"],
+                     "Qwen/Qwen2.5-7B": KNOWN_SHAPES["Qwen/Qwen2.5-7B-Instruct"],
+                     "Qwen/Qwen2.5-1.5B": KNOWN_SHAPES["Qwen/Qwen2.5-1.5B-Instruct"]})
 SMOLLM2_VOCAB = 49152  # the tiny model uses SmolLM2's tokenizer (crescent/models/tiny.py)
 
 
@@ -267,7 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for the crescent command")
     parser.add_argument("--gpu-gb", type=float, default=80.0, help="memory per GPU (GB, 1e9 bytes)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--jsonl", action="store_true",
+                        help="plan many configs in one process: one override set per stdin line (as on the command "
+                             "line, added to the positional overrides), one JSON plan per output line")
     args = parser.parse_args(argv)
+    if args.jsonl:
+        for line in sys.stdin:
+            if line.strip():
+                overrides = [*args.overrides, *shlex.split(line)]
+                print(json.dumps({"overrides": overrides, **plan(compose(overrides), args.gpu_gb)}, default=str))
+        return 0
     result = plan(compose(args.overrides), args.gpu_gb)
     print(json.dumps(result, indent=1, default=str) if args.json else table(result))
     return 0 if result["fits"] else 1

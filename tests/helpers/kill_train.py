@@ -1,6 +1,6 @@
 """Test-only entry point: the crescent CLI, SIGKILLed by itself at a chosen micro batch of training.
 
-    python tests/kill_train.py KILL KEY=VALUE ...
+    python tests/helpers/kill_train.py KILL KEY=VALUE ...
 
 KILL = "n": the process kills itself (SIGKILL: no finally, no atexit, no Lightning teardown) when its (n+1)-th
 micro batch starts, i.e. after n micro batches of this process and everything Lightning does at their end

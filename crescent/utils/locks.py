@@ -1,4 +1,4 @@
-"""Per-unit locks for the synth cache that work on cluster filesystems.
+"""Locks that work on cluster filesystems: per-unit locks of the synth cache, the run dir's training lock.
 
 `UnitLock(path)` guards one unit of work (a bait round, an answer chunk, a dedup pass): jobs that share a config
 hash split the units instead of one job holding the whole stage. Two mechanisms:
@@ -10,7 +10,8 @@ hash split the units instead of one job holding the whole stage. Two mechanisms:
   cannot release it). Used when flock is unavailable (the first flock raising OSError, e.g. ENOLCK on NFS without
   lockd) or when CRESCENT_LOCK=file.
 
-Both write the owner file, so a waiting job prints who holds the lock (pid, host, since).
+Both write the owner file, so a waiting job prints who holds the lock (pid, host, since) at once, then a progress
+line every `progress_s` (PROGRESS_S, 30 s) with the time waited so far.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 LOCK_MODES = ("auto", "flock", "file")
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
+PROGRESS_S = 30.0  # a waiting process says whom it waits for every PROGRESS_S
 _flock_broken = False  # set once flock has failed on this filesystem: the lock-file fallback from then on
 
 
@@ -63,8 +65,10 @@ class UnitLock:
     """A lock on the unit whose record is `path`. acquire(blocking=False) -> bool; a context manager blocks."""
 
     def __init__(self, path: str | Path, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
-                 poll_s: float = 0.2):
+                 poll_s: float = 0.2, what: str | None = None, progress_s: float | None = None):
         self.path = Path(path)
+        self.what = what or self.path.name  # named in the waiting lines
+        self.progress_s = PROGRESS_S if progress_s is None else progress_s
         self.owner_path = Path(f"{path}.lock.owner")
         self.heartbeat_s, self.stale_s, self.poll_s = heartbeat_s, stale_s, poll_s
         self._flock: FileLock | None = None
@@ -140,12 +144,15 @@ class UnitLock:
             return True
         if not blocking:
             return False
-        announced = 0.0
+        start = announced = time.time()
+        log.warning("waiting for %s (lock %s.lock): held by %s", self.what, self.path, describe(read_owner(self.path)))
         while not self._try():
-            if time.time() - announced > 30:
-                log.warning("waiting for %s: held by %s", self.path.name, describe(read_owner(self.path)))
+            if time.time() - announced >= self.progress_s:
                 announced = time.time()
+                log.warning("still waiting for %s after %.0f s: held by %s", self.what, announced - start,
+                            describe(read_owner(self.path)))
             time.sleep(self.poll_s)
+        log.info("got the lock on %s after %.0f s", self.what, time.time() - start)
         return True
 
     def release(self) -> None:
