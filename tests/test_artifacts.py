@@ -279,3 +279,19 @@ def test_damaged_run_dir_data_names_itself_before_training(generated, tmp_path, 
         pipeline.run(compose_cfg([*TINY, "stages=[train]", "model@student=tiny_llama"], tmp_path))
     pipeline.run(compose_cfg([*TINY, "stages=[generate]"], tmp_path))  # the way out it names
     assert sft.read_bytes() == generated[2]["sft.jsonl"]
+
+
+def test_a_damaged_verification_result_is_verified_again(make_cfg, tmp_path, caplog):
+    """verify/result.json torn (before: DamagedFileError on every rerun): named in a warning, verified again, the
+    same record."""
+    cfg = make_cfg("debug=default", "questions=dataset", "voting.k=3", "dedup=none", "sampling.num_questions=3",
+                   "sampling.answer.max_new_tokens=16", "verify=mc", "verify.threshold=0.99")
+    work = Path(pipeline.run(cfg)["generate"]["cache_dir"])
+    path = work / "verify" / "result.json"
+    record = read_json(path)
+    path.write_text('{"ids": ["d000')
+    (work / "manifest.json").unlink()  # a killed run: the stage resumes from its units
+    with caplog.at_level("WARNING"):
+        pipeline.run(cfg)
+    assert f"{path} is damaged" in caplog.text
+    assert read_json(path) == record
