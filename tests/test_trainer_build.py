@@ -1,4 +1,5 @@
 """Trainer / strategy / batch-plan wiring (fast; DeepSpeed strategies are only constructed on CPU)."""
+import io
 import os
 
 import lightning as L
@@ -129,6 +130,15 @@ def test_bad_strategy_and_deepspeed_fields(tmp_path):
         build_strategy(cfg.trainer, cfg.train, plan_of(cfg))
 
 
+def _torch_file() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"global_step": 2}, buffer)
+    return buffer.getvalue()
+
+
+CKPT = _torch_file()  # a whole (tiny) torch checkpoint: resume_checkpoint refuses a damaged one
+
+
 def test_resume_checkpoint(tmp_path, caplog):
     assert resume_checkpoint(tmp_path, False) is None
     with caplog.at_level("WARNING"):
@@ -136,14 +146,19 @@ def test_resume_checkpoint(tmp_path, caplog):
     assert "train.resume=true" in caplog.text and "does not exist" in caplog.text
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
-    last.write_bytes(b"x")
+    last.write_bytes(CKPT)
     assert resume_checkpoint(tmp_path, True) == str(last)
     assert resume_checkpoint(tmp_path, False) is None
     last.unlink()
     os.symlink("gone.ckpt", last)  # dangling link: no resume
     assert resume_checkpoint(tmp_path, True) is None
-    (last.parent / "epoch=0-step=2.ckpt").write_bytes(b"x")  # ... unless a checkpoint is left to link to
+    (last.parent / "epoch=0-step=2.ckpt").write_bytes(CKPT)  # ... unless a checkpoint is left to link to
     assert resume_checkpoint(tmp_path, True) == str(last.parent / "epoch=0-step=2.ckpt")
+    from crescent.utils.io import DamagedFileError
+
+    (last.parent / "epoch=0-step=2.ckpt").write_bytes(CKPT[: len(CKPT) // 2])  # torn: named, with the way out
+    with pytest.raises(DamagedFileError, match=r"epoch=0-step=2.ckpt .*is damaged.*train.resume=false"):
+        resume_checkpoint(tmp_path, True)
 
 
 def test_resume_auto_needs_the_same_training_config(tmp_path, caplog):
@@ -157,7 +172,7 @@ def test_resume_auto_needs_the_same_training_config(tmp_path, caplog):
     assert resume_checkpoint(tmp_path, "auto", fingerprint) is None  # nothing to resume
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
-    (ckpt_dir / "epoch=0-step=2.ckpt").write_bytes(b"x")
+    (ckpt_dir / "epoch=0-step=2.ckpt").write_bytes(CKPT)
     os.symlink("epoch=0-step=2.ckpt", ckpt_dir / "last.ckpt")
     with caplog.at_level("WARNING"):  # no checkpoints/config.json: unknown origin
         assert resume_checkpoint(tmp_path, "auto", fingerprint) is None

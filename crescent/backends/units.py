@@ -16,15 +16,18 @@ file (its presence marks the unit done). `run_units` does the missing ones:
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from crescent.backends.base import Backend, SamplingParams
+from crescent.utils.io import DamagedFileError, read_json, write_json
 from crescent.utils.locks import UnitLock
-from crescent.utils.io import write_json
 from crescent.utils.seeding import request_seeds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,22 @@ class Unit:
     prompts: list  # the unit's prompts, in stage order
     seed: int  # the seed of the unit's own call (backends without per-request seeds)
     first: int  # the stage index of the unit's first prompt (per-request stream seeds)
+
+
+def unit_done(path: Path) -> bool:
+    """The unit's record is on disk and reads back as a JSON object. A damaged one (torn, garbled, `null`: written
+    by something else than crescent's atomic writes, or changed since) is removed, with a warning naming it, so
+    the unit is done again (its rows depend only on its seed: the redo writes the same record)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        read_json(path, expect=dict, fix="removing it: the unit is done again")
+        return True
+    except DamagedFileError as err:
+        log.warning("%s", err)
+        path.unlink(missing_ok=True)
+        return False
 
 
 def parse_shard(value: Any) -> tuple[int, int] | None:
@@ -83,7 +102,7 @@ def run_units(units: Sequence[Unit], params: SamplingParams, seed: int, stage: t
     """Make sure every unit's record exists. record(unit index, outputs per prompt, seconds) -> the JSON record."""
 
     def do(batch: list[int]) -> None:
-        batch = [u for u in batch if not units[u].path.exists()]  # another process may have finished it meanwhile
+        batch = [u for u in batch if not unit_done(units[u].path)]  # another process may have finished it meanwhile
         if not batch:
             return
         t0 = time.perf_counter()
@@ -111,7 +130,7 @@ def run_units(units: Sequence[Unit], params: SamplingParams, seed: int, stage: t
         for group in ([u for u in order if u in own], [u for u in order if u not in own]):
             claimed = []
             for u in group:
-                if units[u].path.exists():
+                if unit_done(units[u].path):
                     on_done and on_done(u)
                     continue
                 lock = UnitLock(units[u].path)
@@ -129,12 +148,12 @@ def run_units(units: Sequence[Unit], params: SamplingParams, seed: int, stage: t
             locks.clear()
         # 2. units held by others: wait for each (blocking lock; prints the holder), redo if its holder died
         for u in _order(units, shard):
-            if units[u].path.exists():
+            if unit_done(units[u].path):
                 continue
             lock = UnitLock(units[u].path, what=f"{units[u].path.parent.name}/{units[u].path.name} (another process "
                                                  "is generating it)")
             with lock:
-                if not units[u].path.exists():
+                if not unit_done(units[u].path):
                     do([u])
                 elif on_done:
                     on_done(u)

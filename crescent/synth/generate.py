@@ -21,15 +21,19 @@ from omegaconf import DictConfig, OmegaConf
 from crescent.config import config_hash, synth_config
 from crescent.utils.locks import UnitLock
 from crescent.synth.answers import answer_questions, answer_seconds, answer_units, sample_answers
-from crescent.synth.keys import final_dir, stage_dirs, stage_keys, stage_payloads
+from crescent.synth.keys import cache_root, final_dir, stage_dirs, stage_keys, stage_payloads
 from crescent.synth.questions import generate_questions, sample_raw_rounds
 from crescent.synth.sft import build_sft_rows
 from crescent.synth.verified import verify_answers
-from crescent.utils.io import copy_file, read_json, write_json, write_jsonl
+from crescent.utils import artifacts
+from crescent.utils.io import DamagedFileError, copy_file, read_json, read_jsonl, write_json, write_jsonl
 from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("manifest.json", "questions.jsonl", "sft.jsonl", "rejections.jsonl", "answers.jsonl")
+DATA_FILES = OUTPUT_FILES[1:]  # what the manifest vouches for: size and sha256 in manifest["artifacts"]
+UNITS_FILE = "units.json"  # size and sha256 of every unit record (raw/, rounds/, answers/, reflect/, verify/)
+UNIT_SUFFIXES = (".json", ".npy")
 PACKAGES = ("crescent", "torch", "transformers", "lm_eval", "numpy", "sentence-transformers", "vllm")
 
 
@@ -165,7 +169,9 @@ def worker_stage(cfg_yaml: str, workdir: str, stage: str, args: list, shard: tup
 def _in_workers(cfg: DictConfig, workdir: Path, stage: str, args: list, done: list[Path], d: int,
                 shard: tuple[int, int] | None) -> None:
     """Run a stage's missing units in d worker processes (shard i/N of an array job: worker j takes i + N*j of N*d)."""
-    if all(p.exists() for p in done):
+    from crescent.backends.units import unit_done
+
+    if all([unit_done(p) for p in done]):  # a damaged record is removed: its unit is done again
         return
     from crescent.backends.workers import run_workers, worker_devices
 
@@ -227,6 +233,8 @@ def _generate_into(cfg: DictConfig, workdir: Path, lazy: _Lazy, shard: tuple[int
         t_a = answer_seconds(cfg, adir, questions)
         manifest = _manifest(cfg, records, questions, answered, {**vote_counts, **reflect_counts, **verify_counts},
                              t_q, t_a)
+        write_json(workdir / UNITS_FILE, artifacts.record(_unit_files(cfg), cache_root(cfg)))
+        manifest["artifacts"] = artifacts.record([workdir / name for name in DATA_FILES], workdir)
         write_json(workdir / "manifest.json", manifest)  # last: marks the folder complete
     return manifest
 
@@ -282,6 +290,65 @@ def _decontaminate(cfg: DictConfig, workdir: Path, out: Path, test_sets) -> dict
     return counts
 
 
+def _unit_files(cfg: DictConfig) -> list[Path]:
+    """The unit records of this config's stage folders (questions: raw/, rounds/; answers: answers/; verify:
+    reflect/, verify/), not their locks or temp files."""
+    dirs = stage_dirs(cfg)
+    return sorted(p for stage in ("questions", "answers", "verify") for p in dirs[stage].glob("*/*")
+                  if p.suffix in UNIT_SUFFIXES and p.is_file() and not p.name.startswith("."))
+
+
+def _damage(workdir: Path) -> tuple[dict | None, list[str]]:
+    """(manifest, problems) of a finished cache folder: its data files against the manifest's size and sha256
+    (a manifest written before those were recorded: the JSONL files must read back whole). (None, []): not
+    finished."""
+    path = workdir / "manifest.json"
+    if not path.exists():
+        return None, []
+    try:
+        manifest = read_json(path, expect=dict)
+    except DamagedFileError as err:
+        return None, [str(err).split("; ")[0]]
+    recorded = manifest.get("artifacts")
+    if recorded is not None:
+        return manifest, artifacts.verify(workdir, recorded)
+    problems = []
+    for name in DATA_FILES:
+        try:
+            for _ in read_jsonl(workdir / name):
+                pass
+        except (OSError, ValueError) as err:  # missing, torn (TornFileError), garbled
+            problems.append(str(err))
+    return manifest, problems
+
+
+def _discard_damaged(cfg: DictConfig, workdir: Path, problems: list[str]) -> None:
+    """Before regenerating a damaged folder: the manifest goes first (nobody reuses the folder meanwhile), then
+    every unit record whose size or sha256 is not the recorded one in units.json (names relative to the cache
+    root: the units live in the per-stage folders, see crescent.synth.keys); each is done again, the others are
+    replayed: no engine call for them. The data files are rewritten from the units."""
+    log.warning("synthetic data in %s is damaged: %s. Regenerating it from its units (only damaged units are "
+                "sampled again)", workdir, "; ".join(problems))
+    with UnitLock(workdir / "manifest.json"):
+        manifest, problems = _damage(workdir)
+        if manifest is not None and not problems:
+            return  # another process sharing the cache repaired it meanwhile
+        (workdir / "manifest.json").unlink(missing_ok=True)
+        try:
+            recorded = read_json(workdir / UNITS_FILE, expect=dict) if (workdir / UNITS_FILE).exists() else {}
+        except DamagedFileError:
+            recorded = {}  # unreadable units are still caught when read (crescent.backends.units.unit_done)
+        root = cache_root(cfg)
+        for name, problem in artifacts.verify_files(root, recorded).items():
+            log.warning("%s: doing its unit again", problem)
+            unit = root / name
+            unit.unlink(missing_ok=True)
+            if unit.parent.name == "rounds":  # a dedup pass is its record and its embeddings
+                unit.with_suffix(".json").unlink(missing_ok=True)
+                unit.with_suffix(".npy").unlink(missing_ok=True)
+        (workdir / UNITS_FILE).unlink(missing_ok=True)
+
+
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     """Generate (or reuse) the synthetic data and copy it to <run dir>/synth. The result's counts are the
     manifest's, its artifacts the SFT rows (sft), the manifest and the cache folder, its record the manifest.
@@ -301,11 +368,13 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
     data_parallel_size(cfg.backend)  # a bad value fails before any work
     workdir = synth_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / "manifest.json").exists():
+    manifest, problems = _damage(workdir)
+    if manifest is not None and not problems:
         log.info("reusing synthetic data from %s", workdir)
-        manifest = read_json(workdir / "manifest.json")
         manifest["cache_hit"] = True
     else:
+        if problems:
+            _discard_damaged(cfg, workdir, problems)
         write_json(workdir / "config.json", synth_config(cfg))
         lazy = _Lazy(cfg)
         try:
@@ -313,15 +382,23 @@ def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         finally:
             lazy.close()
         manifest["cache_hit"] = False
+        if problems:
+            manifest["repaired"] = problems
     out = Path(cfg.paths.output_dir) / "synth"
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:
         copy_file(workdir / name, out / name)
+    copied = artifacts.verify(out, manifest.get("artifacts") or {})
+    if copied:  # changed between the check and the copy (another process repairing it, or a failing disk)
+        raise DamagedFileError(f"the copy of {workdir} in {out} does not match its manifest: {'; '.join(copied)}; "
+                               "rerun the generate stage")
     policy = cfg.get("decontam", {}).get("policy", "off")
     if policy != "off":
         manifest["decontam"] = _decontaminate(cfg, workdir, out, ctx.test_sets if ctx is not None else None)
         for key in ("checked", "flagged_ngram", "flagged_embedding", "dropped"):
             manifest["counts"][f"decontam_{key}"] = manifest["decontam"][key]
+        if manifest["decontam"]["dropped"] or manifest["decontam"]["dropped_rows"]:  # this run's copy changed
+            manifest["artifacts"] = artifacts.record([out / name for name in DATA_FILES], out)
     manifest["cache_dir"] = str(workdir)
     manifest["stage_dirs"] = {name: str(path) for name, path in stage_dirs(cfg).items()}
     manifest["sft_path"] = str(workdir / "sft.jsonl")

@@ -1,6 +1,7 @@
 """Stage: bait prompt -> raw samples -> clean -> dedup with rewrites, in resumable rounds."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ from crescent.utils.locks import UnitLock
 from crescent.backends.units import Unit, generate_batched, run_units
 from crescent.synth.clean import clean_question
 from crescent.synth.prompts import fill, user_chat
-from crescent.utils.io import read_json, write_json
+from crescent.utils.io import DamagedFileError, read_json, write_json
 from crescent.utils.seeding import derive_seed
+
+log = logging.getLogger(__name__)
 
 
 def decoding(cfg: DictConfig, n: int | None = None) -> SamplingParams:
@@ -180,6 +183,35 @@ def _save_round(workdir: Path, record: dict, embeddings: np.ndarray | None) -> N
     write_json(json_path, record)  # written last: its presence marks the round complete
 
 
+def _load_round(json_path: Path, npy_path: Path, with_embeddings: bool) -> tuple[dict, np.ndarray | None] | None:
+    """A finished pass's (record, embeddings of its accepted questions), or None: not done yet, or damaged (a
+    record that does not read back as an object, an embeddings file that is torn or has another row count).
+    Damaged files are removed with a warning naming them: the pass is done again (same seeds, same rows)."""
+    if not json_path.exists():
+        return None
+    try:
+        record = read_json(json_path, expect=dict, fix="removing it: the pass is done again")
+        embeddings = None
+        if with_embeddings and record["accepted"]:
+            try:
+                embeddings = np.load(npy_path)
+            except (OSError, ValueError, EOFError) as err:  # missing, torn ("EOF: reading array header"), garbled
+                raise DamagedFileError(f"{npy_path} is damaged: expected the float32 embeddings of the pass's "
+                                       f"{len(record['accepted'])} accepted questions, could not read them ({err}); "
+                                       "removing it and its record: the pass is done again") from err
+            if embeddings.ndim != 2 or len(embeddings) != len(record["accepted"]):
+                raise DamagedFileError(f"{npy_path} is damaged: expected {len(record['accepted'])} embedding rows, "
+                                       f"got shape {embeddings.shape}; removing it and its record: the pass is done "
+                                       "again")
+        return record, embeddings
+    except (DamagedFileError, KeyError, TypeError) as err:
+        log.warning("%s", err if isinstance(err, DamagedFileError) else f"{json_path} is damaged ({err!r}): "
+                    "removing it: the pass is done again")
+        json_path.unlink(missing_ok=True)
+        npy_path.unlink(missing_ok=True)
+        return None
+
+
 def generate_questions(cfg: DictConfig, workdir: Path, get_backend: Callable[[], Backend],
                        get_embed: Callable[[], Callable], shard: tuple[int, int] | None = None,
                        sample: Callable | None = None) -> tuple[list[dict], list[dict]]:
@@ -215,18 +247,19 @@ def generate_questions(cfg: DictConfig, workdir: Path, get_backend: Callable[[],
             break
         json_path, npy_path = _round_paths(workdir, p)
         added = False
-        if not json_path.exists():
+        loaded = _load_round(json_path, npy_path, index is not None)
+        if loaded is None:
             sample(list(range(p * per_pass, min((p + 1) * per_pass, n_rounds))))
             with UnitLock(json_path):  # one process dedups a pass; the others then read its record
-                if not json_path.exists():
+                loaded = _load_round(json_path, npy_path, index is not None)
+                if loaded is None:
                     rounds = list(range(p * per_pass, min((p + 1) * per_pass, n_rounds)))
                     record, embeddings = dedup_pass(cfg, workdir, p, rounds, get_backend,
                                                     get_embed() if index is not None else None, index)
                     _save_round(workdir, record, embeddings)
                     added = True  # already in the index
         if not added:
-            record = read_json(json_path)
-            embeddings = np.load(npy_path) if index is not None and record["accepted"] else None
+            record, embeddings = loaded
             if embeddings is not None and len(embeddings):
                 index.add(embeddings, [a["id"] for a in record["accepted"]], [a["text"] for a in record["accepted"]])
         records.append(record)

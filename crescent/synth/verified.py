@@ -9,7 +9,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from crescent.utils.io import read_json, write_json
+from crescent.utils.io import DamagedFileError, read_json, write_json
 from crescent.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,12 @@ def verify_answers(cfg: DictConfig, workdir: Path, answered: list[dict], get_bac
     if vcfg is None or vcfg.get("name", "none") == "none":
         return answered, [], {}
     path = workdir / "verify" / "result.json"
-    record = read_json(path) if path.exists() else None
+    record = None
+    if path.exists():
+        try:
+            record = read_json(path, expect=dict, fix="verifying again")
+        except DamagedFileError as err:
+            log.warning("%s", err)
     if record is None or record.get("ids") != [a["id"] for a in answered]:
         if verifier is None:
             raise RuntimeError(f"verify={vcfg.name}: the generate stage needs the verifier the pipeline builds from "

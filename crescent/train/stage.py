@@ -9,7 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import ConfigError
-from crescent.utils.io import read_json, write_json
+from crescent.utils import artifacts
+from crescent.utils.io import DamagedFileError, read_json, write_json
 from crescent.utils.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def training_data(cfg: DictConfig, ctx: StageContext | None) -> Path:
             raise ConfigError(f"train.data={cfg.train.data!r}: no such file")
         return path
     if ctx is not None and ctx.data_path is not None and Path(ctx.data_path).is_file():
+        _check_against_manifest(Path(ctx.data_path))
         return Path(ctx.data_path)
     raise ConfigError("train.data is null and there is no synthetic data for this config yet: "
                       "run stages=[generate,train] or set train.data=PATH/TO/sft.jsonl")
@@ -31,6 +33,19 @@ def training_data(cfg: DictConfig, ctx: StageContext | None) -> Path:
 def _result(record: dict) -> StageResult:
     return StageResult(metrics=record["metrics"], record=record,
                        artifacts={"export": record["export"], "data": record["data"]})
+
+
+def _check_against_manifest(path: Path) -> None:
+    """The synthetic data file as its folder's manifest.json recorded it (size, sha256), else DamagedFileError."""
+    manifest_path = path.parent / "manifest.json"
+    if not manifest_path.is_file():
+        return
+    recorded = (read_json(manifest_path, expect=dict).get("artifacts") or {})
+    problems = artifacts.verify(path.parent, {k: v for k, v in recorded.items() if k == path.name})
+    if problems:
+        raise DamagedFileError(f"{problems[0]} (against {manifest_path}): rerun the generate stage "
+                               "(stages=[generate,train]); it checks the synth cache, rebuilds what is damaged "
+                               "and copies the data into the run dir again")
 
 
 def _load_teacher(cfg: DictConfig, student_tok):
@@ -63,14 +78,42 @@ def _trainer_builder(cfg: DictConfig):
     return instantiate({"_target_": str(target), "_partial_": True})
 
 
+def _export_problems(run_dir: Path, result: dict) -> list[str]:
+    """hf_export/ against the size and sha256 of each file train_result.json recorded (a result written before
+    those were recorded: config.json present and every safetensors file whole)."""
+    if result.get("artifacts"):
+        return artifacts.verify(run_dir, result["artifacts"])
+    export = run_dir / "hf_export"
+    if not (export / "config.json").is_file():
+        return [f"{export / 'config.json'} is missing"]
+    from safetensors import safe_open
+
+    problems = []
+    for path in sorted(export.glob("*.safetensors")) or [export / "model.safetensors"]:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as err:  # SafetensorError (torn: "incomplete metadata"), OSError (missing)
+            problems.append(f"{path} is damaged ({err})")
+    return problems
+
+
 def finished_result(run_dir: Path, fingerprint: dict, resume) -> dict | None:
-    """train_result.json of a finished training of this config whose hf_export/ is in place, unless
-    train.resume=false (which always trains)."""
+    """train_result.json of a finished training of this config whose hf_export/ is intact (every file with the
+    recorded size and sha256), unless train.resume=false (which always trains). A damaged export is not reused:
+    the training resumes from its last checkpoint (the final step: nothing to train) and exports again."""
     path = run_dir / "train_result.json"
-    if str(resume).lower() == "false" or not path.is_file() or not (run_dir / "hf_export" / "config.json").is_file():
+    if str(resume).lower() == "false" or not path.is_file():
         return None
-    result = read_json(path)
-    return result if result.get("fingerprint") == fingerprint["hash"] else None
+    result = read_json(path, expect=dict, fix=f"delete {path} (the training resumes from its last checkpoint)")
+    if result.get("fingerprint") != fingerprint["hash"]:
+        return None
+    problems = _export_problems(run_dir, result)
+    if problems:
+        log.warning("train: not reusing %s: %s; exporting again from the last checkpoint (training again if there "
+                    "is none)", run_dir / "hf_export", "; ".join(problems))
+        return None
+    return result
 
 
 def run(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
@@ -161,5 +204,6 @@ def _train(cfg: DictConfig, ctx: StageContext | None = None) -> StageResult:
         "metrics": metrics, "wall_s": round(time.perf_counter() - t0, 2),
     }
     if trainer.is_global_zero:
+        result["artifacts"] = artifacts.record([export_dir], run_dir)  # verified before any reuse
         write_json(run_dir / "train_result.json", result)
     return _result(result)

@@ -193,7 +193,24 @@ def checkpoint_callback(run_dir: str | Path, every_n_steps: int | None = None):
                           "or an integer >= 1")
 
     class Checkpoint(ModelCheckpoint):
+        """Writes only at optimizer-step boundaries: a checkpoint holds the weights, optimizer and data position
+        of a whole number of optimizer steps, never the gradient of a half-accumulated step (it is not saved,
+        so a resume from such a checkpoint would skip the micro batches accumulated so far)."""
+
+        _step_at_batch_start = -1
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().on_train_start(trainer, pl_module)
+            # Resumed: the checkpoint of this step is the one fit resumed from. Lightning starts counting at 0,
+            # so its step trigger would otherwise rewrite it after the first micro batch, mid-accumulation.
+            self._last_global_step_saved = trainer.global_step
+
+        def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+            self._step_at_batch_start = trainer.global_step
+
         def on_train_batch_end(self, trainer, *args, **kwargs):
+            if trainer.global_step == self._step_at_batch_start:
+                return  # no optimizer step in this micro batch: its gradient is only accumulated so far
             # Not on an epoch's last batch: Lightning 2.6 resumes such a checkpoint with its epoch counter
             # one short, so the next checkpoint's resume repeats an epoch. The epoch-end one follows.
             if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
@@ -274,6 +291,28 @@ def _fingerprint_diff(saved: dict | None, fingerprint: dict) -> str:
     return "differs in " + ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
 
 
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint file that is a whole torch zip archive (its central directory, at the end, is read: a torn or
+    truncated file fails here instead of in torch.load with `PytorchStreamReader failed` on every rerun).
+    DeepSpeed checkpoints are folders: left to DeepSpeed."""
+    import zipfile
+
+    from crescent.utils.io import DamagedFileError
+
+    if path.is_dir():
+        return
+    target = path.resolve()
+    try:
+        with zipfile.ZipFile(target) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise zipfile.BadZipFile("no data.pkl in it")
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DamagedFileError(
+            f"{target} (the checkpoint {path} points to) is damaged: expected a torch checkpoint, could not read it "
+            f"({err}); rerun with train.resume=false to train from scratch (it replaces the checkpoints), or delete "
+            f"{target} to resume from an older one if {path.parent} holds one") from err
+
+
 def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict | None = None) -> str | None:
     """run_dir/checkpoints/last.ckpt to continue from, or None (fresh start).
 
@@ -304,6 +343,7 @@ def resume_checkpoint(run_dir: str | Path, resume: bool | str, fingerprint: dict
                 log.warning("train.resume=auto: %s: training starts from scratch", what)
                 return None
             log.warning("train.resume=true: %s: continuing from it anyway", what)
+    _check_checkpoint(last)
     log.info("train.resume=%s: continuing from %s", mode, last.resolve())
     return str(last)
 
