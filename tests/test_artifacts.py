@@ -70,16 +70,22 @@ def generated(tmp_path_factory):
     base = tmp_path_factory.mktemp("base")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("crescent.synth.answers.extract_answer", _agree)
-        manifest = pipeline.run(compose_cfg(TINY, base))["generate"]
+        manifest = pipeline.run(compose_cfg(TINY, base))["generate"].record
     assert manifest["counts"]["kept"] >= 2, manifest["counts"]
     workdir = Path(manifest["cache_dir"])
     files = {name: (base / "run" / "synth" / name).read_bytes()
              for name in ("questions.jsonl", "answers.jsonl", "sft.jsonl", "rejections.jsonl")}
-    return base, workdir.name, files
+    stages = {k: Path(v).relative_to(base / "synth_cache") for k, v in manifest["stage_dirs"].items()}
+    return base, workdir.name, files, stages
+
+
+def _stage_dir(generated, tmp_path, stage: str) -> Path:
+    """A per-stage folder (questions, answers, verify: crescent.synth.keys) of the copied cache."""
+    return tmp_path / "synth_cache" / generated[3][stage]
 
 
 def _copy_cache(generated, tmp_path) -> Path:
-    base, key, _ = generated
+    base, key = generated[0], generated[1]
     shutil.copytree(base / "synth_cache", tmp_path / "synth_cache")
     return tmp_path / "synth_cache" / key
 
@@ -97,12 +103,13 @@ def _same_outputs(generated, tmp_path) -> None:
 
 
 def test_the_manifest_records_every_data_file(generated):
-    base, key, files = generated
+    base, key, files, _ = generated
     manifest = read_json(base / "synth_cache" / key / "manifest.json")
     assert set(manifest["artifacts"]) == set(files)
     assert artifacts.verify(base / "run" / "synth", manifest["artifacts"]) == []
     units = read_json(base / "synth_cache" / key / "units.json")
-    assert any(n.startswith("answers/chunk_") for n in units) and any(n.endswith(".npy") for n in units)
+    assert any(n.startswith("answers/") and "/answers/chunk_" in n for n in units)  # relative to the cache root
+    assert any(n.startswith("questions/") and n.endswith(".npy") for n in units)
 
 
 @pytest.mark.parametrize("how", DAMAGE)
@@ -115,7 +122,7 @@ def test_a_damaged_cache_file_is_regenerated_not_copied(generated, tmp_path, mon
     DAMAGE[how](workdir / name)
     _no_model(monkeypatch)
     with caplog.at_level("WARNING"):
-        manifest = pipeline.run(compose_cfg(TINY, tmp_path))["generate"]
+        manifest = pipeline.run(compose_cfg(TINY, tmp_path))["generate"].record
     assert f"{workdir / name}" in caplog.text and "is damaged" in caplog.text
     assert not manifest["cache_hit"] and manifest["repaired"]
     _same_outputs(generated, tmp_path)
@@ -139,7 +146,7 @@ def test_a_damaged_answer_chunk_is_sampled_again(generated, tmp_path, caplog, co
     """A unit record holding `null`, a torn or empty one, a list: named in a warning and done again (before:
     TypeError / JSONDecodeError on every rerun). The redo writes the same rows."""
     workdir = _copy_cache(generated, tmp_path)
-    chunk = workdir / "answers" / "chunk_00000.json"
+    chunk = _stage_dir(generated, tmp_path, "answers") / "answers" / "chunk_00000.json"
     original = chunk.read_bytes()
     (workdir / "manifest.json").unlink()  # a killed run: the stage resumes from its units
     chunk.write_bytes(content)
@@ -154,7 +161,7 @@ def test_a_flipped_byte_in_a_unit_is_redone_when_the_folder_is_rebuilt(generated
     """units.json holds each unit's sha256: a unit changed in place (still valid JSON) is not replayed into the
     rebuilt data files."""
     workdir = _copy_cache(generated, tmp_path)
-    chunk = workdir / "answers" / "chunk_00001.json"
+    chunk = _stage_dir(generated, tmp_path, "answers") / "answers" / "chunk_00001.json"
     original = chunk.read_bytes()
     chunk.write_bytes(original.replace(b'"seconds": ', b'"seconds": 1'))  # valid JSON, other bytes
     _torn(workdir / "sft.jsonl")
@@ -172,7 +179,7 @@ def test_a_damaged_embeddings_file_redoes_its_pass(generated, tmp_path, caplog, 
     import numpy as np
 
     workdir = _copy_cache(generated, tmp_path)
-    npy = sorted((workdir / "rounds").glob("*.npy"))[0]
+    npy = sorted((_stage_dir(generated, tmp_path, "questions") / "rounds").glob("*.npy"))[0]
     original = npy.read_bytes()
     (workdir / "manifest.json").unlink()
     if damage == "truncated":
@@ -204,7 +211,7 @@ def trained(tmp_path_factory):
             for i in range(10)]
     data = base / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = pipeline.run(compose_cfg([*TRAIN, f"train.data={data}"], base))["train"]
+    result = pipeline.run(compose_cfg([*TRAIN, f"train.data={data}"], base))["train"].record
     export = {p.name: p.read_bytes() for p in (base / "run" / "hf_export").iterdir()}
     return base, data, result, export
 
@@ -237,7 +244,7 @@ def test_a_damaged_export_is_not_reused(trained, tmp_path, caplog, what):
         del result["artifacts"]
         (tmp_path / "run" / "train_result.json").write_text(json.dumps(result))
     with caplog.at_level("WARNING"):
-        again = pipeline.run(cfg)["train"]
+        again = pipeline.run(cfg)["train"].record
     damaged = "config.json" if what == "flipped config" else "model.safetensors"
     assert "not reusing" in caplog.text and str(export / damaged) in caplog.text
     assert again["resumed_from"].endswith(f"step={trained[2]['global_step']}.ckpt")
@@ -263,7 +270,7 @@ def test_a_truncated_checkpoint_names_itself_and_the_way_out(trained, tmp_path):
     from omegaconf import OmegaConf
 
     OmegaConf.update(cfg, "train.resume", False)
-    assert pipeline.run(cfg)["train"]["global_step"] == trained[2]["global_step"]
+    assert pipeline.run(cfg)["train"].record["global_step"] == trained[2]["global_step"]
 
 
 @pytest.mark.parametrize("how", ["torn", "flipped"])
@@ -286,8 +293,9 @@ def test_a_damaged_verification_result_is_verified_again(make_cfg, tmp_path, cap
     same record."""
     cfg = make_cfg("debug=default", "questions=dataset", "voting.k=3", "dedup=none", "sampling.num_questions=3",
                    "sampling.answer.max_new_tokens=16", "verify=mc", "verify.threshold=0.99")
-    work = Path(pipeline.run(cfg)["generate"]["cache_dir"])
-    path = work / "verify" / "result.json"
+    manifest = pipeline.run(cfg)["generate"].record
+    work = Path(manifest["cache_dir"])
+    path = Path(manifest["stage_dirs"]["verify"]) / "verify" / "result.json"
     record = read_json(path)
     path.write_text('{"ids": ["d000')
     (work / "manifest.json").unlink()  # a killed run: the stage resumes from its units

@@ -72,7 +72,7 @@ def _run(make_cfg, tmp_path, policy, docs):
                    "voting.k=1", f"decontam={policy}", "+eval/benchmark@eval.benchmarks.gsm8k_head=gsm8k",
                    "eval.benchmarks.gsm8k_head.loader=file", f"+eval.benchmarks.gsm8k_head.path={head}",
                    "decontam.benchmarks=[gsm8k_head]", f"eval.data_roots=[{tmp_path}]")
-    return pipeline.run(cfg)["generate"]
+    return pipeline.run(cfg)["generate"].record
 
 
 def test_pipeline_reports_then_drops_planted_test_questions(make_cfg, tmp_path, gsm8k_head, monkeypatch):
