@@ -44,7 +44,7 @@ def test_maj_at_5_rows_next_to_greedy_rows_on_the_tiny_model(make_cfg, generator
     assert {r["decoding"] for r in result["rows"] if r["task"] == "arc_challenge"} == {"greedy"}  # no maj@k for MC
     maj = next(r for r in result["rows"] if r["filter"] == "flexible-extract-maj@5")
     assert maj["n"] == 3 and maj["stderr"] is not None and maj["metric"] == "exact_match"
-    assert {"gsm8k/flexible-extract", "gsm8k/flexible-extract-maj@5"} <= set(out["metrics"])
+    assert {"gsm8k/flexible-extract", "gsm8k/flexible-extract-maj@5"} <= set(out.metrics)
     summary = (run / "summary.md").read_text()
     assert "| gsm8k | 0 | flexible-extract | 3 |" in summary and "| gsm8k | 0 | flexible-extract-maj@5 | 3 |" in summary
     # each doc: 5 sampled responses, and the maj@5 answer is the most common flexible-extract answer among them

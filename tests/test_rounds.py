@@ -45,8 +45,8 @@ def test_two_rounds_log_into_one_wandb_run_on_a_round_axis_and_label_the_models(
     assert "round/start/pass@1" in rounds[2] and not any(k.startswith("round/end/") for k in rounds[2])
     assert wandb.run is None  # finished once, at the end
     # the table: which model each column measures, and the final model's pass@k
-    assert [s["round"] for s in out["rounds"]] == [0, 1, "final"]
-    assert [(s["starts_from"], s["ends_with"]) for s in out["rounds"]] == [
+    assert [s["round"] for s in out.record["rounds"]] == [0, 1, "final"]
+    assert [(s["starts_from"], s["ends_with"]) for s in out.record["rounds"]] == [
         ("tiny_llama", "tiny_llama-round1"), ("tiny_llama-round1", "tiny_llama-round2"), ("tiny_llama-round2", None)]
     md = (root / "rounds" / "summary.md").read_text()
     header = md.splitlines()[2]
@@ -55,4 +55,4 @@ def test_two_rounds_log_into_one_wandb_run_on_a_round_axis_and_label_the_models(
     final_row = [line for line in md.splitlines() if line.startswith("| final |")]
     assert len(final_row) == 1 and "tiny_llama-round2" in final_row[0]
     assert read_json(root / "final" / "gap" / "results.json")["model"] == "tiny_llama-round2"
-    assert "final/start/pass@1" in out["metrics"] and "round1/arc_challenge/acc" in out["metrics"]
+    assert "final/start/pass@1" in out.metrics and "round1/arc_challenge/acc" in out.metrics
