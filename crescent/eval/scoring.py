@@ -18,9 +18,9 @@ import threading
 from typing import Any, Iterable, Mapping
 
 from crescent.answers import equivalent
+from crescent.config.choices import GEN_METRICS as METRICS  # exact_match, math_equal
 
 log = logging.getLogger(__name__)
-METRICS = ("exact_match", "math_equal")
 WINDOW = 20  # first scored documents looked at by exact_misses
 
 

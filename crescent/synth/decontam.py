@@ -20,9 +20,7 @@ the eval stage's data itself. Test-set vectors are cached on disk (paths.synth_c
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -32,8 +30,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from crescent.utils.hashing import stable_hash
+
 log = logging.getLogger(__name__)
-POLICIES = ("report", "drop", "off")
 TestSets = Mapping[str, Sequence[tuple[str, str]]]
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
@@ -104,10 +103,10 @@ class NgramIndex:
 
 
 def _vectors(texts: list[str], embed: Callable[[list[str]], np.ndarray], cache_dir: str | Path | None) -> np.ndarray:
-    """embed(texts), memoised on disk under cache_dir/decontam/ by the sha256 of the texts (test sets are fixed)."""
+    """embed(texts), memoised on disk under cache_dir/decontam/ by the stable_hash of the texts (test sets are fixed)."""
     if cache_dir is None:
         return np.asarray(embed(texts), dtype=np.float32)
-    digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:20]
+    digest = stable_hash(texts)
     path = Path(cache_dir) / "decontam" / f"test_vectors_{digest}.npy"
     if path.is_file():
         return np.load(path)
