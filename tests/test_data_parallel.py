@@ -61,6 +61,7 @@ def test_smollm2_two_workers_and_two_shards_give_the_rows_of_one_process(tmp_pat
     _check_parallel_equals_serial(tmp_path, SMOL)
 
 
+@pytest.mark.slow  # 35 s; the default suite keeps the two-worker rows test and the kills of tests/test_chaos.py
 def test_killing_one_worker_mid_stage_then_rerun_gives_the_same_rows(tmp_path):
     _ok(_start(SMALL, tmp_path / "ref_cache", tmp_path / "ref"))
     reference = _rows(tmp_path / "ref")

@@ -100,6 +100,7 @@ def _outputs(run_dir: Path) -> tuple:
             (synth / "rejections.jsonl").read_text(), json.dumps(manifest["counts"], sort_keys=True))
 
 
+@pytest.mark.slow  # the default suite kills generate in tests/test_chaos.py (every stage) and test_train_kills.py
 def test_sigkill_mid_generation_then_rerun_gives_identical_rows(tmp_path):
     ref = _start(tmp_path / "ref_cache", tmp_path / "ref")
     assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-3000:]

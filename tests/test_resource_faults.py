@@ -94,7 +94,9 @@ def test_full_disk_while_finishing_never_marks_the_synth_cache_complete(make_cfg
     monkeypatch.setattr(io.os, "replace", replace)
     with pytest.raises(OSError, match=r"could not write .*/sft.jsonl .*No space left on device"):
         pipeline.run(cfg)
-    work = next(p for p in (tmp_path / "synth_cache").iterdir() if p.is_dir())
+    from crescent.synth.generate import synth_workdir
+
+    work = synth_workdir(cfg)  # the final folder (the per-stage folders sit beside it)
     assert (work / "questions.jsonl").exists() and not (work / "sft.jsonl").exists()
     assert not (work / "manifest.json").exists()  # written last: the folder is not complete
     assert not list(work.rglob("*.tmp"))

@@ -69,10 +69,10 @@ def _lines_until(proc, needle: str, seen: list) -> str:
 
 
 def test_sigterm_during_generate_records_failed_terminated_and_exits_143(tmp_path):
-    from crescent.synth.generate import synth_workdir
+    from crescent.synth.keys import stage_dirs
 
     args = ["debug=default", "stages=[generate]"]
-    workdir = synth_workdir(compose_cfg(args, tmp_path))
+    workdir = stage_dirs(compose_cfg(args, tmp_path))["questions"]  # bait units live in the questions folder
     (workdir / "raw").mkdir(parents=True)
     holder = Holder(workdir / "raw" / "round_00000.json", tmp_path)  # the first bait unit
     run_dir = tmp_path / "run"

@@ -100,13 +100,13 @@ def test_voting_k_sweep_generates_questions_once_and_scores_the_base_model_once(
             assert small["id"] == large["id"] and len(small["responses"]) == k
             assert small["responses"] == large["responses"][:k] and small["answers"] == large["answers"][:k]
     # the base model: scored by the first job, read from paths.eval_cache by the others
-    n_units = len(jobs[2]["out"]["eval"]["shared_cache_hits"]) + jobs[2]["calls"]["_score_unit"]
+    n_units = len(jobs[2]["out"]["eval"].record["shared_cache_hits"]) + jobs[2]["calls"]["_score_unit"]
     assert calls["_score_unit"] == jobs[2]["calls"]["_score_unit"] == n_units >= 1
-    assert jobs[2]["out"]["eval"]["shared_cache_hits"] == []
+    assert jobs[2]["out"]["eval"].record["shared_cache_hits"] == []
     rows = {k: read_json(j["dir"] / "eval" / "results.json")["rows"] for k, j in jobs.items()}
     assert rows[2] == rows[3] == rows[4]
     for k in (3, 4):
-        assert len(jobs[k]["out"]["eval"]["shared_cache_hits"]) == n_units
+        assert len(jobs[k]["out"]["eval"].record["shared_cache_hits"]) == n_units
         assert (j := jobs[k]["dir"] / "eval" / "samples_base_arc_challenge_0shot.jsonl").read_text() == \
             (jobs[2]["dir"] / "eval" / "samples_base_arc_challenge_0shot.jsonl").read_text(), j
     assert len(list((tmp_path / "cache" / "eval" / "base").iterdir())) == n_units
@@ -116,8 +116,8 @@ def test_nested_k_streams_make_smaller_k_a_prefix_of_larger_k_without_a_shared_c
     """The prefix property comes from the per-sample streams, not from reading the same files: k=2 and k=3 generated
     in two separate caches agree on the first two samples of every question."""
     gen = [*TINY, "stages=[generate]", "sampling.nested_k=true"]
-    small = pipeline.run(_cfg(tmp_path, "k2", *gen, "voting.k=2", cache="c2"))["generate"]
-    large = pipeline.run(_cfg(tmp_path, "k3", *gen, "voting.k=3", cache="c3"))["generate"]
+    small = pipeline.run(_cfg(tmp_path, "k2", *gen, "voting.k=2", cache="c2"))["generate"].record
+    large = pipeline.run(_cfg(tmp_path, "k3", *gen, "voting.k=3", cache="c3"))["generate"].record
     assert not small["cache_hit"] and not large["cache_hit"]
     a = list(read_jsonl(tmp_path / "k2" / "synth" / "answers.jsonl"))
     b = list(read_jsonl(tmp_path / "k3" / "synth" / "answers.jsonl"))

@@ -106,25 +106,29 @@ def test_old_layout_would_replay_streams_and_the_standin_shows_it(fake_vllm):
     assert [o.text for o in again[0].outputs] == [outs[0].outputs[1].text, outs[0].outputs[2].text]
 
 
-def test_paper_budget_engine_calls_grow_with_passes_not_questions(fake_vllm, tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_calls", [pytest.param(550, marks=pytest.mark.slow, id="paper-550"),
+                                       pytest.param(40, id="40")])
+def test_paper_budget_engine_calls_grow_with_passes_not_questions(fake_vllm, tmp_path, monkeypatch, max_calls):
+    """The paper preset (550 bait calls x n=100; the fast case: 40 of them, the same code path and call shape)."""
     import crescent.synth.embed as embed
     from crescent.synth import generate
     from crescent.synth.questions import engine_call_bound
 
     monkeypatch.setattr(embed, "get_embedder", lambda **kw: HashEmbedder())
-    cfg = _cfg(tmp_path, "experiment=crescent_llama3_8b", "logger=none", "dedup.index=hnsw", "decontam=none")
-    assert cfg.questions.max_calls == 550 and cfg.sampling.question.n == 100
+    cfg = _cfg(tmp_path, "experiment=crescent_llama3_8b", "logger=none", "dedup.index=hnsw", "decontam=none",
+               f"questions.max_calls={max_calls}")
+    assert cfg.questions.max_calls == max_calls and cfg.sampling.question.n == 100
     manifest = generate.run(cfg).record
     bound = engine_call_bound(cfg)
     calls = [c for c in fake_vllm.CALLS if c["method"] in ("generate", "chat")]
     c = manifest["counts"]
-    assert c["raw"] == 55_000 and c["answered"] > 40_000  # the paper budget really went through
+    assert c["raw"] == max_calls * 100 and c["answered"] > max_calls * 70  # the budget really went through
     # bait <= passes x (1 + max_attempts) (= 1 x 3), answers 1: 4 calls for ~50k questions
     assert bound == {"passes": 1, "bait": 3, "answers": 1, "reflect": 0, "verify": 0, "total": 4}
     assert c["rewrites"] >= 1  # the stand-in's duplicates exercised the rewrite path
     assert len(calls) <= bound["total"]
     assert len(calls) == 1 + c["rewrites"] + 1
-    assert sum(len(x["prompts"]) for x in calls[:1]) == 550  # one call: every bait request, n=100 each
+    assert sum(len(x["prompts"]) for x in calls[:1]) == max_calls  # one call: every bait request, n=100 each
     assert [x["method"] for x in fake_vllm.CALLS][-1] == "shutdown"
 
 
