@@ -60,13 +60,14 @@ def test_the_installed_wheel_runs_outside_the_repo(wheel, tmp_path, cache_dir):
                           capture_output=True, text=True, check=True).stdout.strip()
     # the project's dependencies, as a plain path entry: its .pth files (the editable crescent) are not processed
     Path(site, "project_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # no PYTHONPATH (a checkout on it, with its crescent.egg-info, would make pip skip the wheel as installed)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     run_dir = tmp_path / "elsewhere"
     run_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", CRESCENT_CACHE=str(cache_dir), WANDB_MODE="disabled")
     code = "import crescent, crescent.cli as c; print(crescent.__file__); print(c.CONF_DIR)"
     proc = subprocess.run([python, "-c", code], cwd=run_dir, env=env, capture_output=True, text=True)
