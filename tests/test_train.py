@@ -5,7 +5,7 @@ import os
 import lightning as L
 import pytest
 import torch
-from helpers import compose_cfg
+from helpers import compose_cfg, write_addition_sft
 from transformers import AutoModelForCausalLM
 
 from crescent import pipeline
@@ -22,15 +22,7 @@ TINY = ["model@teacher=tiny_llama", "stages=[train]", "logger=none", "train.max_
 
 @pytest.fixture
 def sft_file(tmp_path):
-    rows = []
-    for i in range(20):
-        a, b = i + 2, 3 * i + 1
-        rows.append({"id": f"r{i}", "messages": [
-            {"role": "user", "content": f"What is {a} + {b}?"},
-            {"role": "assistant", "content": f"We add {a} and {b}: {a} + {b} = {a + b}.\n#### {a + b}"}]})
-    path = tmp_path / "sft.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_addition_sft(tmp_path / "sft.jsonl")
 
 
 def _mean_loss(model, tokenizer, path) -> float:

@@ -1,7 +1,6 @@
 """Trainings SIGKILLed at chosen micro batches (tests/helpers/kill_train.py) and resumed end bit-identical to an
 uninterrupted one: same final loss, same hf_export bytes. With gradient accumulation a checkpoint written in the
 middle of an optimizer step would lose the micro batches accumulated so far (issue 21 item 2)."""
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, write_addition_sft
 from crescent.utils.io import read_json
 
 # 20 rows, 4 of them for validation: 8 micro batches of 2 per epoch, 2 per optimizer step (accumulate 2),
@@ -47,15 +46,7 @@ def _final(run_dir: Path) -> tuple[float, bytes, int]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    rows = []
-    for i in range(20):
-        a, b = i + 2, 3 * i + 1
-        rows.append({"id": f"r{i}", "messages": [
-            {"role": "user", "content": f"What is {a} + {b}?"},
-            {"role": "assistant", "content": f"We add {a} and {b}: {a} + {b} = {a + b}.\n#### {a + b}"}]})
-    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_addition_sft(tmp_path_factory.mktemp("data") / "sft.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,6 @@ class Tracker:
         if not self.active:
             self.kind = "none"
         self._run = None
-        self._round_axis = False
 
     @property
     def run(self):
@@ -152,6 +151,7 @@ class WandbTracker(Tracker):
     def __init__(self, cfg: DictConfig, run_dir: Path, meta: dict[str, Any] | None = None, active: bool = True,
                  **settings: Any):
         super().__init__(cfg, run_dir, meta, active, **settings)
+        self._round_axis = False  # `round` defined as the step axis of round/* (log_round)
         if not self.active:
             return
         import wandb

@@ -35,6 +35,20 @@ def compose_cfg(overrides=(), tmp_path=None):
         return compose(config_name="config", overrides=[*overrides, *extra, "print_config=false"])
 
 
+def write_addition_sft(path: Path, n: int = 20) -> Path:
+    """n chat rows of small additions (a worked answer ending in `#### sum`): the SFT data of the training tests."""
+    import json
+
+    rows = []
+    for i in range(n):
+        a, b = i + 2, 3 * i + 1
+        rows.append({"id": f"r{i}", "messages": [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"We add {a} and {b}: {a} + {b} = {a + b}.\n#### {a + b}"}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def model_cfg(name: str, **overrides):
     """A model/ preset as a DictConfig, with field overrides (e.g. initializer_range for tiny_llama)."""
     from omegaconf import OmegaConf
